@@ -1,0 +1,136 @@
+//! Response bodies: a complete buffer, or the event stream of a watch.
+//!
+//! A watch body owns its watcher: when hyper drops the body (response finished, client gone,
+//! connection closed) the watcher is removed from the store's hub, so abandoned watches do not
+//! accumulate.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use oxcd_api::v2::Event;
+use tokio::sync::mpsc;
+
+use crate::server::{Shared, STORE_KEYS_PREFIX};
+
+/// The body of every response oxcd sends.
+pub enum RespBody {
+    /// A complete body (possibly empty), sent once.
+    Full(Option<Bytes>),
+    /// Events of a watch, each a JSON line.
+    Watch(Box<WatchBody>),
+}
+
+impl RespBody {
+    /// A complete body.
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        RespBody::Full(Some(b.into()))
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        RespBody::Full(None)
+    }
+}
+
+/// Streams a watcher's events.
+pub struct WatchBody {
+    /// An event to send before reading the channel (found in the history).
+    pub first: Option<Arc<Event>>,
+    /// Events pushed by the store's watcher hub.
+    pub rx: Option<mpsc::Receiver<Arc<Event>>>,
+    /// `stream=true`: keep going after the first event.
+    pub stream: bool,
+    /// Registration to remove on drop.
+    pub watcher: Option<(Arc<Shared>, oxcd_v2store::WatcherId)>,
+    /// Finished (non-stream watch delivered its event).
+    pub done: bool,
+}
+
+fn encode_event(ev: &Event) -> Bytes {
+    let mut ev = ev.clone();
+    ev.trim_prefix(STORE_KEYS_PREFIX);
+    let mut buf = serde_json::to_vec(&ev).unwrap_or_default();
+    buf.push(b'\n');
+    Bytes::from(buf)
+}
+
+impl Drop for WatchBody {
+    fn drop(&mut self) {
+        if let Some((shared, id)) = self.watcher.take() {
+            let mut store = shared.store.write().unwrap_or_else(|e| e.into_inner());
+            store.remove_watcher(id);
+        }
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RespBody::Watch(w) => {
+                if w.done {
+                    return Poll::Ready(None);
+                }
+                if let Some(ev) = w.first.take() {
+                    if !w.stream {
+                        w.done = true;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(encode_event(&ev)))));
+                }
+                let Some(rx) = w.rx.as_mut() else {
+                    // A stream watch answered from the history is not registered with the hub
+                    // (etcd behaves the same): it stays open until the client leaves.
+                    return Poll::Pending;
+                };
+                match rx.poll_recv(cx) {
+                    Poll::Ready(Some(ev)) => {
+                        if !w.stream {
+                            w.done = true;
+                        }
+                        Poll::Ready(Some(Ok(Frame::data(encode_event(&ev)))))
+                    }
+                    Poll::Ready(None) => {
+                        w.done = true;
+                        Poll::Ready(None)
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Full(b) => b.is_none(),
+            RespBody::Watch(w) => w.done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            RespBody::Full(None) => SizeHint::with_exact(0),
+            RespBody::Watch(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// The store's watcher hub pushes into this channel; a full buffer (a client that does not
+/// read) makes the hub drop the watcher, as etcd does.
+pub struct ChannelSink(pub mpsc::Sender<Arc<Event>>);
+
+impl oxcd_v2store::WatchSink for ChannelSink {
+    fn try_send(&self, event: Arc<Event>) -> bool {
+        self.0.try_send(event).is_ok()
+    }
+}

@@ -1,0 +1,495 @@
+//! The v2 keys API (`/v2/keys`): request parsing, dispatch and response writing.
+//!
+//! Parsing follows etcd's `parseKeyRequest` field by field (the same checks in the same
+//! order, so the same malformed request gets the same error code); every 2xx-code error is
+//! raised here, before anything is proposed. A TTL becomes an absolute expiry on this
+//! member's clock. Dispatch follows etcd's v2 `Handle`: POST, PUT, DELETE and quorum GET go
+//! through raft; GET and HEAD read the local store; `wait=true` registers a watcher.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode};
+use oxcd_api::v2::{Action, Error as V2Error, ErrorCode, Event};
+use tokio::sync::mpsc;
+
+use super::body::{ChannelSink, RespBody, WatchBody};
+use super::form::{parse_bool, parse_u64, path_join, Form};
+use crate::server::request::{time_to_unix_nanos, Expiry, V2Request};
+use crate::server::{ApplyResult, EtcdServer, STORE_KEYS_PREFIX};
+
+/// The URL prefix of the keys API.
+pub const KEYS_PREFIX: &str = "/v2/keys";
+
+/// Capacity of a watcher's event buffer (etcd: 100; a full buffer drops the watcher).
+const WATCH_BUFFER: usize = 100;
+
+/// A parsed keys request (etcd's `Request` for the v2 API).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyRequest {
+    /// HTTP method.
+    pub method: Method,
+    /// Full store path (`/1/...`).
+    pub path: String,
+    /// `value`.
+    pub value: String,
+    /// `dir`.
+    pub dir: bool,
+    /// `prevValue`.
+    pub prev_value: String,
+    /// `prevIndex`.
+    pub prev_index: u64,
+    /// `prevExist` if given.
+    pub prev_exist: Option<bool>,
+    /// `wait`.
+    pub wait: bool,
+    /// `waitIndex`.
+    pub since: u64,
+    /// `recursive`.
+    pub recursive: bool,
+    /// `sorted`.
+    pub sorted: bool,
+    /// `quorum`.
+    pub quorum: bool,
+    /// `stream`.
+    pub stream: bool,
+    /// `refresh` if given.
+    pub refresh: Option<bool>,
+    /// Absolute expiry (Unix ns) computed from `ttl`.
+    pub expiration: Option<i64>,
+    /// `noValueOnSuccess`.
+    pub no_value_on_success: bool,
+}
+
+fn req_err(code: ErrorCode, cause: &str) -> V2Error {
+    V2Error::new(code, cause, 0)
+}
+
+fn get_u64(form: &Form, key: &str) -> Result<u64, ()> {
+    match form.first(key) {
+        None => Ok(0),
+        Some(v) => parse_u64(v).ok_or(()),
+    }
+}
+
+fn get_bool(form: &Form, key: &str) -> Result<bool, ()> {
+    match form.first(key) {
+        None => Ok(false),
+        Some(v) => parse_bool(v).ok_or(()),
+    }
+}
+
+/// Parses a keys request. `url_path` is the decoded, clean URL path (`/v2/keys/...`);
+/// `form` holds body and query values (body first), `form_err` the first form parse error.
+pub fn parse_key_request(
+    method: &Method,
+    url_path: &str,
+    form: &Form,
+    form_err: Option<&str>,
+    now: SystemTime,
+) -> Result<KeyRequest, V2Error> {
+    if let Some(e) = form_err {
+        return Err(req_err(ErrorCode::InvalidForm, e));
+    }
+    let Some(rest) = url_path.strip_prefix(KEYS_PREFIX) else {
+        return Err(req_err(ErrorCode::InvalidForm, "incorrect key prefix"));
+    };
+    let path = path_join(STORE_KEYS_PREFIX, rest);
+
+    let prev_index = get_u64(form, "prevIndex")
+        .map_err(|_| req_err(ErrorCode::IndexNaN, "invalid value for \"prevIndex\""))?;
+    let since = get_u64(form, "waitIndex")
+        .map_err(|_| req_err(ErrorCode::IndexNaN, "invalid value for \"waitIndex\""))?;
+    let bool_field = |name: &str| {
+        get_bool(form, name).map_err(|_| {
+            req_err(
+                ErrorCode::InvalidField,
+                &format!("invalid value for \"{name}\""),
+            )
+        })
+    };
+    let recursive = bool_field("recursive")?;
+    let sorted = bool_field("sorted")?;
+    let wait = bool_field("wait")?;
+    let dir = bool_field("dir")?;
+    let quorum = bool_field("quorum")?;
+    let stream = bool_field("stream")?;
+
+    if wait && method != Method::GET {
+        return Err(req_err(
+            ErrorCode::InvalidField,
+            "\"wait\" can only be used with GET requests",
+        ));
+    }
+    let prev_value = form.value("prevValue").to_string();
+    if form.has("prevValue") && prev_value.is_empty() {
+        return Err(req_err(
+            ErrorCode::PrevValueRequired,
+            "\"prevValue\" cannot be empty",
+        ));
+    }
+    let no_value_on_success = bool_field("noValueOnSuccess")?;
+
+    let ttl = if form.value("ttl").is_empty() {
+        None
+    } else {
+        Some(
+            get_u64(form, "ttl")
+                .map_err(|_| req_err(ErrorCode::TTLNaN, "invalid value for \"ttl\""))?,
+        )
+    };
+    let prev_exist = if form.has("prevExist") {
+        Some(
+            get_bool(form, "prevExist")
+                .map_err(|_| req_err(ErrorCode::InvalidField, "invalid value for prevExist"))?,
+        )
+    } else {
+        None
+    };
+    let refresh = if form.has("refresh") {
+        let r = get_bool(form, "refresh")
+            .map_err(|_| req_err(ErrorCode::InvalidField, "invalid value for refresh"))?;
+        if r {
+            if form.has("value") && !form.value("value").is_empty() {
+                return Err(req_err(
+                    ErrorCode::RefreshValue,
+                    "A value was provided on a refresh",
+                ));
+            }
+            if ttl.is_none() {
+                return Err(req_err(ErrorCode::RefreshTTLRequired, "No TTL value set"));
+            }
+        }
+        Some(r)
+    } else {
+        None
+    };
+    let expiration = ttl.map(|secs| {
+        let at = now
+            .checked_add(Duration::from_secs(secs))
+            .map(time_to_unix_nanos)
+            .unwrap_or(i64::MAX);
+        // Go's time arithmetic saturates nowhere: a huge TTL overflows to a past time there.
+        // We saturate instead, which keeps such keys permanent in practice.
+        at
+    });
+    Ok(KeyRequest {
+        method: method.clone(),
+        path,
+        value: form.value("value").to_string(),
+        dir,
+        prev_value,
+        prev_index,
+        prev_exist,
+        wait,
+        since,
+        recursive,
+        sorted,
+        quorum,
+        stream,
+        refresh,
+        expiration,
+        no_value_on_success,
+    })
+}
+
+impl KeyRequest {
+    fn expiry(&self) -> Expiry {
+        Expiry {
+            at_unix_nanos: self.expiration,
+            refresh: self.refresh.unwrap_or(false),
+        }
+    }
+
+    /// The replicated request for a write or quorum read (etcd's apply-side dispatch, decided
+    /// here so the log carries a typed request).
+    pub fn to_v2_request(&self) -> Option<V2Request> {
+        let path = self.path.clone();
+        let value = self.value.clone();
+        Some(match self.method {
+            Method::POST => V2Request::Create {
+                path,
+                value,
+                dir: self.dir,
+                unique: true,
+                expiry: self.expiry(),
+            },
+            Method::PUT => match self.prev_exist {
+                Some(true) if self.prev_index == 0 && self.prev_value.is_empty() => {
+                    V2Request::Update {
+                        path,
+                        value,
+                        expiry: self.expiry(),
+                    }
+                }
+                Some(true) => V2Request::CompareAndSwap {
+                    path,
+                    prev_value: self.prev_value.clone(),
+                    prev_index: self.prev_index,
+                    value,
+                    expiry: self.expiry(),
+                },
+                Some(false) => V2Request::Create {
+                    path,
+                    value,
+                    dir: self.dir,
+                    unique: false,
+                    expiry: self.expiry(),
+                },
+                None if self.prev_index > 0 || !self.prev_value.is_empty() => {
+                    V2Request::CompareAndSwap {
+                        path,
+                        prev_value: self.prev_value.clone(),
+                        prev_index: self.prev_index,
+                        value,
+                        expiry: self.expiry(),
+                    }
+                }
+                None => V2Request::Set {
+                    path,
+                    value,
+                    dir: self.dir,
+                    expiry: self.expiry(),
+                },
+            },
+            Method::DELETE => {
+                if self.prev_index > 0 || !self.prev_value.is_empty() {
+                    V2Request::CompareAndDelete {
+                        path,
+                        prev_value: self.prev_value.clone(),
+                        prev_index: self.prev_index,
+                    }
+                } else {
+                    V2Request::Delete {
+                        path,
+                        dir: self.dir,
+                        recursive: self.recursive,
+                    }
+                }
+            }
+            Method::GET if self.quorum => V2Request::QuorumGet {
+                path,
+                recursive: self.recursive,
+                sorted: self.sorted,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// Builds etcd's JSON error response (`X-Etcd-Index` = the error's index).
+pub fn error_response(err: &V2Error) -> Response<RespBody> {
+    let mut body = err.to_json();
+    if !body.ends_with('\n') {
+        body.push('\n');
+    }
+    let mut resp = Response::new(RespBody::full(body));
+    *resp.status_mut() =
+        StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    h.insert("Content-Type", HeaderValue::from_static("application/json"));
+    h.insert("X-Etcd-Index", HeaderValue::from(err.index));
+    resp
+}
+
+fn raft_headers(resp: &mut Response<RespBody>, server: &EtcdServer, etcd_index: u64) {
+    let h = resp.headers_mut();
+    h.insert("Content-Type", HeaderValue::from_static("application/json"));
+    h.insert("X-Etcd-Index", HeaderValue::from(etcd_index));
+    h.insert("X-Raft-Index", HeaderValue::from(server.commit_index()));
+    h.insert("X-Raft-Term", HeaderValue::from(server.term()));
+}
+
+fn is_created(ev: &Event) -> bool {
+    ev.action == Action::Create || (ev.action == Action::Set && ev.prev_node.is_none())
+}
+
+/// Writes an event as etcd's `writeKeyEvent` does.
+pub fn event_response(
+    server: &EtcdServer,
+    mut ev: Event,
+    no_value_on_success: bool,
+) -> Response<RespBody> {
+    let etcd_index = ev.etcd_index;
+    let created = is_created(&ev);
+    ev.trim_prefix(STORE_KEYS_PREFIX);
+    if no_value_on_success
+        && matches!(
+            ev.action,
+            Action::Set | Action::CompareAndSwap | Action::Create | Action::Update
+        )
+    {
+        ev.node = None;
+        ev.prev_node = None;
+    }
+    let mut buf = serde_json::to_vec(&ev).unwrap_or_default();
+    buf.push(b'\n');
+    let mut resp = Response::new(RespBody::full(Bytes::from(buf)));
+    if created {
+        *resp.status_mut() = StatusCode::CREATED;
+    }
+    raft_headers(&mut resp, server, etcd_index);
+    resp
+}
+
+fn result_response(
+    server: &EtcdServer,
+    res: ApplyResult,
+    no_value_on_success: bool,
+) -> Response<RespBody> {
+    match res {
+        Ok(ev) => event_response(server, ev, no_value_on_success),
+        Err(mut e) => {
+            e.trim_prefix(STORE_KEYS_PREFIX);
+            error_response(&e)
+        }
+    }
+}
+
+/// Serves one parsed keys request.
+pub async fn serve_keys(server: &Arc<EtcdServer>, req: KeyRequest) -> Response<RespBody> {
+    if let Some(v2) = req.to_v2_request() {
+        return match server.do_v2(v2).await {
+            Ok(res) => result_response(server, res, req.no_value_on_success),
+            Err(e) => error_response(&e.to_v2()),
+        };
+    }
+    if req.wait {
+        return serve_watch(server, &req);
+    }
+    // GET and HEAD: local read.
+    let res = server.get(&req.path, req.recursive, req.sorted);
+    result_response(server, res, req.no_value_on_success)
+}
+
+fn serve_watch(server: &Arc<EtcdServer>, req: &KeyRequest) -> Response<RespBody> {
+    let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+    let outcome = {
+        let mut store = server
+            .shared
+            .store
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        store.watch(
+            &req.path,
+            req.recursive,
+            req.stream,
+            req.since,
+            Box::new(ChannelSink(tx)),
+        )
+    };
+    let (body, start_index) = match outcome {
+        Err(mut e) => {
+            e.trim_prefix(STORE_KEYS_PREFIX);
+            return error_response(&e);
+        }
+        Ok(oxcd_v2store::WatchOutcome::Ready(ev)) => {
+            let idx = ev.etcd_index;
+            (
+                WatchBody {
+                    first: Some(ev),
+                    rx: None,
+                    stream: req.stream,
+                    watcher: None,
+                    done: false,
+                },
+                idx,
+            )
+        }
+        Ok(oxcd_v2store::WatchOutcome::Registered { id, start_index }) => (
+            WatchBody {
+                first: None,
+                rx: Some(rx),
+                stream: req.stream,
+                watcher: Some((Arc::clone(&server.shared), id)),
+                done: false,
+            },
+            start_index,
+        ),
+    };
+    let mut resp = Response::new(RespBody::Watch(Box::new(body)));
+    raft_headers(&mut resp, server, start_index);
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::form::parse_query;
+
+    fn parse(method: Method, path: &str, query: &str) -> Result<KeyRequest, V2Error> {
+        let (form, err) = parse_query(query.as_bytes());
+        parse_key_request(&method, path, &form, err.as_deref(), SystemTime::now())
+    }
+
+    #[test]
+    fn parse_errors_match_etcd_codes() {
+        let cases: &[(&str, ErrorCode)] = &[
+            ("prevIndex=abc", ErrorCode::IndexNaN),
+            ("waitIndex=-1", ErrorCode::IndexNaN),
+            ("recursive=maybe", ErrorCode::InvalidField),
+            ("ttl=abc", ErrorCode::TTLNaN),
+            ("ttl=-5", ErrorCode::TTLNaN),
+            ("prevValue=", ErrorCode::PrevValueRequired),
+            ("prevExist=yes", ErrorCode::InvalidField),
+            ("refresh=true&value=x&ttl=5", ErrorCode::RefreshValue),
+            ("refresh=true", ErrorCode::RefreshTTLRequired),
+            ("a=%zz", ErrorCode::InvalidForm),
+        ];
+        for (q, code) in cases {
+            let err = parse(Method::PUT, "/v2/keys/foo", q).unwrap_err();
+            assert_eq!(err.code, *code, "query {q}");
+        }
+        let err = parse(Method::PUT, "/v2/keys/foo", "wait=true").unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidField);
+    }
+
+    #[test]
+    fn put_dispatch_follows_etcd() {
+        let r = parse(Method::PUT, "/v2/keys/a", "value=1&prevExist=true").unwrap();
+        assert!(matches!(r.to_v2_request(), Some(V2Request::Update { .. })));
+        let r = parse(Method::PUT, "/v2/keys/a", "value=1&prevExist=true&prevIndex=3").unwrap();
+        assert!(matches!(
+            r.to_v2_request(),
+            Some(V2Request::CompareAndSwap { .. })
+        ));
+        let r = parse(Method::PUT, "/v2/keys/a", "value=1&prevExist=false&prevValue=x").unwrap();
+        assert!(matches!(
+            r.to_v2_request(),
+            Some(V2Request::Create { unique: false, .. })
+        ));
+        let r = parse(Method::PUT, "/v2/keys/a", "value=1&prevValue=x").unwrap();
+        assert!(matches!(
+            r.to_v2_request(),
+            Some(V2Request::CompareAndSwap { .. })
+        ));
+        let r = parse(Method::DELETE, "/v2/keys/a", "prevIndex=2").unwrap();
+        assert!(matches!(
+            r.to_v2_request(),
+            Some(V2Request::CompareAndDelete { .. })
+        ));
+        let r = parse(Method::GET, "/v2/keys/a", "quorum=true").unwrap();
+        assert!(matches!(
+            r.to_v2_request(),
+            Some(V2Request::QuorumGet { .. })
+        ));
+        let r = parse(Method::GET, "/v2/keys/a", "").unwrap();
+        assert!(r.to_v2_request().is_none());
+        assert_eq!(r.path, "/1/a");
+    }
+
+    #[test]
+    fn ttl_becomes_absolute_expiry() {
+        let now = SystemTime::now();
+        let (form, _) = parse_query(b"ttl=5");
+        let r = parse_key_request(&Method::PUT, "/v2/keys/a", &form, None, now).unwrap();
+        assert_eq!(
+            r.expiration,
+            Some(time_to_unix_nanos(now + Duration::from_secs(5)))
+        );
+        let (form, _) = parse_query(b"ttl=");
+        let r = parse_key_request(&Method::PUT, "/v2/keys/a", &form, None, now).unwrap();
+        assert_eq!(r.expiration, None);
+    }
+}

@@ -1,0 +1,283 @@
+//! The client HTTP API: listeners, routing and the handlers of every endpoint.
+//!
+//! Routing copies what etcd's Go `ServeMux` does, because clients see it: an unclean path
+//! (`//`, `.`, `..`) gets a 301 to the clean one; `/v2/keys` and `/v2/keys/...` go to the
+//! keys API; exact paths for `/version`, `/health`, `/metrics`, `/v2/machines`,
+//! `/v2/stats/{self,store,leader}`; `/v2/members[/...]`; anything else is Go's 404 text.
+//! Every response carries etcd's CORS headers and `OPTIONS` is answered 200 with no body.
+//!
+//! The body of a request is read in full before parsing, bounded by `--max-request-bytes`.
+
+pub mod base;
+pub mod body;
+pub mod form;
+pub mod keys;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use oxcd_api::v2::{Error as V2Error, ErrorCode};
+use tokio::net::TcpListener;
+
+use body::RespBody;
+use form::{clean_path, parse_query, path_unescape, Form};
+use keys::{error_response, parse_key_request, serve_keys, KEYS_PREFIX};
+
+use crate::metrics;
+use crate::server::EtcdServer;
+
+/// Which API a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// Client URLs: the keys API and friends.
+    Client,
+    /// Peer URLs: what members ask each other (`/members`, `/version`; raft traffic joins with
+    /// the multi-member transport).
+    Peer,
+}
+
+/// Serves one API on a bound listener until the process ends.
+pub async fn serve(listener: TcpListener, server: Arc<EtcdServer>, api: Api) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "http: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let server = Arc::clone(&server);
+                async move { Ok::<_, Infallible>(handle(server, req, remote, api).await) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.title_case_headers(true);
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(error = %e, %remote, "http: connection ended with error");
+            }
+        });
+    }
+}
+
+/// Go's `http.Error`: plain text with a trailing newline.
+pub fn text_error(status: StatusCode, msg: &str) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::full(format!("{msg}\n")));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        "Content-Type",
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert("X-Content-Type-Options", HeaderValue::from_static("nosniff"));
+    resp
+}
+
+/// 405 with the `Allow` header listing what is allowed.
+pub fn method_not_allowed(allow: &'static str) -> Response<RespBody> {
+    let mut resp = text_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+    resp.headers_mut()
+        .insert("Allow", HeaderValue::from_static(allow));
+    resp
+}
+
+fn add_cors(resp: &mut Response<RespBody>) {
+    let h = resp.headers_mut();
+    h.insert(
+        "Access-Control-Allow-Methods",
+        HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+    );
+    h.insert("Access-Control-Allow-Origin", HeaderValue::from_static("*"));
+    h.insert(
+        "Access-Control-Allow-Headers",
+        HeaderValue::from_static("accept, content-type, authorization"),
+    );
+}
+
+async fn handle(
+    server: Arc<EtcdServer>,
+    req: Request<Incoming>,
+    _remote: SocketAddr,
+    api: Api,
+) -> Response<RespBody> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let mut resp = match api {
+        Api::Client => {
+            let mut r = route(&server, req).await;
+            add_cors(&mut r);
+            r
+        }
+        Api::Peer => route_peer(&server, req),
+    };
+    metrics::observe_http(&method, resp.status(), started.elapsed());
+    resp
+}
+
+fn redirect(clean: &str, query: Option<&str>, method: &Method) -> Response<RespBody> {
+    let location = match query {
+        Some(q) => format!("{clean}?{q}"),
+        None => clean.to_string(),
+    };
+    let mut resp = if *method == Method::GET || *method == Method::HEAD {
+        let mut r = Response::new(RespBody::full(format!(
+            "<a href=\"{}\">Moved Permanently</a>.\n\n",
+            html_escape(&location)
+        )));
+        r.headers_mut().insert(
+            "Content-Type",
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        r
+    } else {
+        Response::new(RespBody::empty())
+    };
+    *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert("Location", v);
+    }
+    resp
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&#34;")
+        .replace('\'', "&#39;")
+}
+
+async fn route(server: &Arc<EtcdServer>, req: Request<Incoming>) -> Response<RespBody> {
+    if req.method() == Method::OPTIONS {
+        return Response::new(RespBody::empty());
+    }
+    let raw_path = req.uri().path().to_string();
+    let path = match path_unescape(raw_path.as_bytes()) {
+        Ok(p) => p,
+        Err(_) => return text_error(StatusCode::BAD_REQUEST, "400 Bad Request"),
+    };
+    let clean = clean_path(&path);
+    if clean != path {
+        return redirect(&clean, req.uri().query(), req.method());
+    }
+    match path.as_str() {
+        "/version" => base::version(server, req.method()),
+        "/health" => base::health(server, req.method()).await,
+        "/metrics" => base::metrics(server, req.method()),
+        "/v2/machines" => base::machines(server, req.method()),
+        "/v2/stats/self" => base::stats_self(server, req.method()),
+        "/v2/stats/store" => base::stats_store(server, req.method()),
+        "/v2/stats/leader" => base::stats_leader(server, req.method()),
+        p if p == KEYS_PREFIX || p.starts_with("/v2/keys/") => keys_entry(server, req, path).await,
+        p if p == "/v2/members" || p.starts_with("/v2/members/") => {
+            base::members(server, req.method(), p)
+        }
+        _ => text_error(StatusCode::NOT_FOUND, "404 page not found"),
+    }
+}
+
+fn route_peer(server: &EtcdServer, req: Request<Incoming>) -> Response<RespBody> {
+    match req.uri().path() {
+        "/version" => base::version(server, req.method()),
+        "/members" => base::peer_members(server, req.method()),
+        _ => text_error(StatusCode::NOT_FOUND, "404 page not found"),
+    }
+}
+
+async fn keys_entry(
+    server: &Arc<EtcdServer>,
+    req: Request<Incoming>,
+    path: String,
+) -> Response<RespBody> {
+    let method = req.method().clone();
+    if !matches!(
+        method,
+        Method::HEAD | Method::GET | Method::PUT | Method::POST | Method::DELETE
+    ) {
+        return method_not_allowed("HEAD,GET,PUT,POST,DELETE");
+    }
+    let cluster_id = crate::membership::id_to_string(server.shared.cluster_id);
+    let mut resp = keys_request(server, req, &method, &path).await;
+    if let Ok(v) = HeaderValue::from_str(&cluster_id) {
+        resp.headers_mut().insert("X-Etcd-Cluster-Id", v);
+    }
+    resp
+}
+
+async fn keys_request(
+    server: &Arc<EtcdServer>,
+    req: Request<Incoming>,
+    method: &Method,
+    path: &str,
+) -> Response<RespBody> {
+    let query = req.uri().query().unwrap_or("").as_bytes().to_vec();
+    let is_form = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+        .unwrap_or(false);
+    let reads_body = matches!(*method, Method::POST | Method::PUT | Method::PATCH) && is_form;
+    let mut form = Form::default();
+    let mut form_err: Option<String> = None;
+    if reads_body {
+        let limit = server.max_request_bytes;
+        let body = match Limited::new(req.into_body(), limit).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                let too_large = e
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
+                let cause = if too_large {
+                    "etcdserver: request is too large".to_string()
+                } else {
+                    format!("error reading request body: {e}")
+                };
+                return error_response(&V2Error::new(ErrorCode::InvalidForm, cause, 0));
+            }
+        };
+        let (f, e) = parse_query(&body);
+        form = f;
+        form_err = e;
+    } else {
+        // The body is not read; hyper discards it when the response is sent.
+        drop(req);
+    }
+    let (qform, qerr) = parse_query(&query);
+    form.extend(qform);
+    if form_err.is_none() {
+        form_err = qerr;
+    }
+    let parsed = match parse_key_request(method, path, &form, form_err.as_deref(), SystemTime::now())
+    {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    serve_keys(server, parsed).await
+}
+
+/// A JSON response with status 200.
+pub fn json_response(body: impl Into<Bytes>) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::full(body));
+    resp.headers_mut()
+        .insert("Content-Type", HeaderValue::from_static("application/json"));
+    resp
+}

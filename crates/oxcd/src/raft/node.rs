@@ -1,0 +1,456 @@
+//! The raft thread and its sans-I/O core.
+//!
+//! [`RaftNode`] holds the state and exposes `tick`, `step`, `propose` and `handle_ready`,
+//! with no threads and no clock of its own, so tests can drive several nodes by hand.
+//! [`RaftNode::spawn`] wraps it in the OS thread used by the server: it blocks on the input
+//! channel until the next tick is due, drains every queued input (batching proposals into one
+//! `Ready`), ticks on time and handles the `Ready`.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::prelude::*;
+use raft::{RawNode, StateRole};
+
+use super::storage::RaftStorage;
+
+/// What the rest of the server can ask of the raft thread.
+pub enum RaftInput {
+    /// Propose an encoded request; `id` is reported back through
+    /// [`Applier::proposal_dropped`] if raft refuses it.
+    Propose { id: u64, data: Vec<u8> },
+    /// A message from a peer.
+    Step(Message),
+    /// Stop the thread after handling what is queued.
+    Shutdown,
+}
+
+/// Applies committed entries: the replicated state machine.
+pub trait Applier: Send {
+    /// Applies a batch of committed normal entries, in order. Entries with empty data (the
+    /// leader's no-op after an election) are included so the applied index moves.
+    fn apply_entries(&mut self, entries: &[Entry]);
+    /// Applies a committed configuration change (after raft-rs has applied it).
+    fn apply_conf_change(&mut self, index: u64, cc: &ConfChange);
+    /// Called on the raft thread after every handled Ready and tick: a chance for periodic
+    /// proposals (SYNC, publish). Returns encoded requests to propose.
+    fn periodic(&mut self, is_leader: bool, leader_id: u64) -> Vec<Vec<u8>>;
+    /// Raft refused the proposal with this ID (no leader known yet).
+    fn proposal_dropped(&mut self, id: u64);
+    /// The full state machine state, for a snapshot at the last applied index.
+    fn snapshot_data(&mut self) -> Vec<u8>;
+    /// Replaces the state machine with a snapshot received from the leader.
+    fn restore(&mut self, index: u64, data: &[u8]);
+}
+
+/// Sends raft messages to peers. Must not block the raft thread.
+pub trait Transport: Send {
+    /// Queues messages for their destinations.
+    fn send(&mut self, msgs: Vec<Message>);
+}
+
+/// State of the raft node that other threads read (headers, stats, health).
+#[derive(Debug, Default)]
+pub struct RaftStatus {
+    /// Current term.
+    pub term: AtomicU64,
+    /// Known leader, 0 if none.
+    pub leader: AtomicU64,
+    /// Highest committed index known.
+    pub commit_index: AtomicU64,
+    /// Highest applied index.
+    pub applied_index: AtomicU64,
+    /// Whether this member is the leader.
+    pub is_leader: AtomicBool,
+    /// Number of leader changes seen.
+    pub leader_changes: AtomicU64,
+    /// Proposals committed (applied normal entries with data).
+    pub proposals_committed: AtomicU64,
+    /// Proposals that raft dropped (no leader).
+    pub proposals_failed: AtomicU64,
+    /// When the current leader was first seen (Unix ns).
+    pub leader_since: AtomicI64,
+    /// Append requests received from a leader.
+    pub recv_append_requests: AtomicU64,
+    /// Append requests sent to followers.
+    pub send_append_requests: AtomicU64,
+}
+
+/// Raft timing and identity.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    /// This member's ID.
+    pub id: u64,
+    /// Tick interval (`--heartbeat-interval`).
+    pub tick: Duration,
+    /// Election timeout in ticks (`--election-timeout` / `--heartbeat-interval`).
+    pub election_ticks: usize,
+    /// Index already applied to the state machine (after restart from a snapshot).
+    pub applied: u64,
+    /// Take a snapshot every this many applied entries (`--snapshot-count`); 0 = never.
+    pub snapshot_count: u64,
+}
+
+/// A handle to the raft thread.
+#[derive(Clone)]
+pub struct RaftHandle {
+    tx: Sender<RaftInput>,
+}
+
+impl RaftHandle {
+    /// Sends an input; false if the raft thread has stopped.
+    pub fn send(&self, input: RaftInput) -> bool {
+        self.tx.send(input).is_ok()
+    }
+}
+
+/// The raft node: `RawNode` + storage + the pieces it drives.
+pub struct RaftNode<A: Applier, T: Transport> {
+    raw: RawNode<RaftStorage>,
+    storage: RaftStorage,
+    applier: A,
+    transport: T,
+    status: Arc<RaftStatus>,
+    id: u64,
+    snapshot_count: u64,
+    /// Index of the latest snapshot (local or received).
+    snapshot_index: u64,
+    /// Index of the last applied entry.
+    applied: u64,
+}
+
+impl<A: Applier, T: Transport> RaftNode<A, T> {
+    /// Creates the node over existing storage.
+    pub fn new(
+        cfg: &RaftConfig,
+        storage: RaftStorage,
+        applier: A,
+        transport: T,
+        status: Arc<RaftStatus>,
+    ) -> raft::Result<Self> {
+        let raft_cfg = Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks.max(2),
+            heartbeat_tick: 1,
+            applied: cfg.applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 4096 / 8,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        raft_cfg.validate()?;
+        let raw = RawNode::new(&raft_cfg, storage.clone(), &super::logger::raft_logger())?;
+        let mut node = RaftNode {
+            raw,
+            storage,
+            applier,
+            transport,
+            status,
+            id: cfg.id,
+            snapshot_count: cfg.snapshot_count,
+            snapshot_index: cfg.applied,
+            applied: cfg.applied,
+        };
+        // A one-member cluster need not wait a full election timeout for its only vote.
+        let voters = node.raw.raft.prs().conf().voters().ids();
+        if voters.len() == 1 && voters.contains(cfg.id) {
+            node.raw.campaign()?;
+        }
+        Ok(node)
+    }
+
+    /// Advances the logical clock by one tick.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    /// Steps a message from a peer. Messages raft-rs rejects (stale term, unknown peer) are
+    /// logged and dropped: peers never make us panic.
+    pub fn step(&mut self, msg: Message) {
+        if msg.get_msg_type() == MessageType::MsgAppend {
+            self.status
+                .recv_append_requests
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(e) = self.raw.step(msg) {
+            tracing::debug!(error = %e, "raft: dropped peer message");
+        }
+    }
+
+    /// Proposes an encoded request; false when raft dropped it (no leader known).
+    pub fn propose(&mut self, data: Vec<u8>) -> bool {
+        match self.raw.propose(Vec::new(), data) {
+            Ok(()) => true,
+            Err(e) => {
+                self.status.proposals_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "raft: proposal dropped");
+                false
+            }
+        }
+    }
+
+    /// Reports the outcome of sending a snapshot to `to` (the transport knows, raft must).
+    pub fn report_snapshot(&mut self, to: u64, delivered: bool) {
+        let status = if delivered {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(to, status);
+    }
+
+    /// Reports that `to` could not be reached.
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.raw.report_unreachable(to);
+    }
+
+    /// Whether this node is currently the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// Lets the applier propose its periodic requests.
+    pub fn run_periodic(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        for data in self.applier.periodic(self.is_leader(), leader) {
+            self.propose(data);
+        }
+    }
+
+    /// Handles one `Ready` if there is one: send, persist, apply, advance.
+    pub fn handle_ready(&mut self) -> raft::Result<()> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+
+        if let Some(ss) = ready.ss() {
+            self.on_soft_state(ss.leader_id, ss.raft_state);
+        }
+        // The leader's appends may go out before its own persist: raft counts its own vote only
+        // once the entries are persisted, so sending early is safe and overlaps the fsync.
+        if !ready.messages().is_empty() {
+            self.send(ready.take_messages());
+        }
+        let snapshot = if ready.snapshot().is_empty() {
+            None
+        } else {
+            Some(ready.snapshot().clone())
+        };
+        if let Some(snap) = &snapshot {
+            let index = snap.get_metadata().index;
+            tracing::info!(index, term = snap.get_metadata().term, "raft: applying snapshot from leader");
+            self.applier.restore(index, &snap.data);
+            self.applied = index;
+            self.snapshot_index = index;
+            self.status.applied_index.store(index, Ordering::Relaxed);
+        }
+        let committed = ready.take_committed_entries();
+        self.apply(committed)?;
+
+        self.storage
+            .persist(snapshot.as_ref(), ready.entries(), ready.hs())?;
+        if let Some(hs) = ready.hs() {
+            self.status.term.store(hs.term, Ordering::Relaxed);
+            self.status.commit_index.store(hs.commit, Ordering::Relaxed);
+        }
+        if !ready.persisted_messages().is_empty() {
+            self.send(ready.take_persisted_messages());
+        }
+
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.storage.set_commit(commit);
+            self.status.commit_index.store(commit, Ordering::Relaxed);
+        }
+        if !light.messages().is_empty() {
+            self.send(light.take_messages());
+        }
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.maybe_snapshot();
+        Ok(())
+    }
+
+    /// Takes a snapshot when `snapshot_count` entries were applied since the last one, and
+    /// compacts the in-memory log up to it.
+    fn maybe_snapshot(&mut self) {
+        if self.snapshot_count == 0 || self.applied < self.snapshot_index + self.snapshot_count {
+            return;
+        }
+        let index = self.applied;
+        let Some(term) = self.storage.term_of(index) else {
+            return;
+        };
+        let started = Instant::now();
+        let data = self.applier.snapshot_data();
+        let mut snap = Snapshot::default();
+        snap.data = data.into();
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.storage.conf_state());
+        let size = snap.data.len();
+        self.storage.install_local_snapshot(snap);
+        self.snapshot_index = index;
+        tracing::info!(
+            index,
+            term,
+            bytes = size,
+            took_ms = started.elapsed().as_millis() as u64,
+            "raft: snapshot taken, log compacted"
+        );
+    }
+
+    fn on_soft_state(&mut self, leader_id: u64, role: StateRole) {
+        let prev = self.status.leader.swap(leader_id, Ordering::Relaxed);
+        self.status
+            .is_leader
+            .store(role == StateRole::Leader, Ordering::Relaxed);
+        if prev != leader_id {
+            if leader_id != 0 {
+                self.status.leader_changes.fetch_add(1, Ordering::Relaxed);
+            }
+            self.status.leader_since.store(
+                crate::server::request::time_to_unix_nanos(std::time::SystemTime::now()),
+                Ordering::Relaxed,
+            );
+            tracing::info!(
+                member = %format!("{:x}", self.id),
+                leader = %format!("{leader_id:x}"),
+                term = self.raw.raft.term,
+                role = ?role,
+                "raft: leader changed"
+            );
+        }
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        let appends = msgs
+            .iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgAppend)
+            .count() as u64;
+        if appends > 0 {
+            self.status
+                .send_append_requests
+                .fetch_add(appends, Ordering::Relaxed);
+        }
+        self.transport.send(msgs);
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> raft::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut batch: Vec<Entry> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => batch.push(entry),
+                EntryType::EntryConfChange => {
+                    if !batch.is_empty() {
+                        self.applier.apply_entries(&batch);
+                        batch.clear();
+                    }
+                    let cc = match ConfChange::parse_from_bytes(&entry.data) {
+                        Ok(cc) => cc,
+                        Err(e) => {
+                            // A committed entry we cannot decode means the log is corrupt or
+                            // written by an incompatible version: applying past it would fork
+                            // our state from the other members'.
+                            panic!("raft: undecodable conf change at index {}: {e}", entry.index);
+                        }
+                    };
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.storage.set_conf_state(cs);
+                    self.applier.apply_conf_change(entry.index, &cc);
+                    self.applied = entry.index;
+                    self.status
+                        .applied_index
+                        .fetch_max(entry.index, Ordering::Relaxed);
+                }
+                EntryType::EntryConfChangeV2 => {
+                    tracing::warn!(index = entry.index, "raft: ignoring ConfChangeV2 entry");
+                }
+            }
+        }
+        if !batch.is_empty() {
+            self.applier.apply_entries(&batch);
+            let last = batch.last().map(|e| e.index).unwrap_or(0);
+            self.applied = self.applied.max(last);
+            self.status.applied_index.fetch_max(last, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Starts the raft thread.
+    pub fn spawn(mut self, tick: Duration) -> (RaftHandle, JoinHandle<()>)
+    where
+        A: 'static,
+        T: 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("raft".into())
+            .spawn(move || self.run(rx, tick))
+            .expect("spawning the raft thread");
+        (RaftHandle { tx }, handle)
+    }
+
+    fn run(&mut self, rx: Receiver<RaftInput>, tick: Duration) {
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let now = Instant::now();
+            let wait = next_tick.saturating_duration_since(now);
+            let first = match rx.recv_timeout(wait) {
+                Ok(input) => Some(input),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut stop = false;
+            if let Some(input) = first {
+                stop |= self.handle_input(input);
+                // Batch everything already queued into this Ready.
+                while let Ok(input) = rx.try_recv() {
+                    stop |= self.handle_input(input);
+                }
+            }
+            if Instant::now() >= next_tick {
+                self.tick();
+                self.run_periodic();
+                next_tick += tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + tick;
+                }
+            }
+            if let Err(e) = self.handle_ready() {
+                tracing::error!(error = %e, "raft: storage failure, stopping");
+                return;
+            }
+            if stop {
+                tracing::info!("raft: stopped");
+                return;
+            }
+        }
+    }
+
+    fn handle_input(&mut self, input: RaftInput) -> bool {
+        match input {
+            RaftInput::Propose { id, data } => {
+                if !self.propose(data) {
+                    self.applier.proposal_dropped(id);
+                }
+                false
+            }
+            RaftInput::Step(msg) => {
+                self.step(msg);
+                false
+            }
+            RaftInput::Shutdown => true,
+        }
+    }
+}

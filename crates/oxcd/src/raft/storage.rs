@@ -1,0 +1,332 @@
+//! The raft log storage: raft-rs's `Storage` view of the log plus the `persist` step.
+//!
+//! Owns the in-memory copy of the log — entries since the last compaction, the HardState,
+//! the ConfState and the latest snapshot (metadata and data, so it can be sent to a lagging
+//! follower) — and the boundary where durability happens.
+//!
+//! Invariants:
+//! - `persist` returns only after what it was given is on stable storage (the WAL, when the
+//!   member has one), and only then is it visible through the `Storage` trait: raft-rs reads
+//!   back exactly what was persisted;
+//! - `entries` is contiguous and starts right after `snapshot.metadata.index`;
+//! - the log is only compacted up to an index that is applied and covered by a snapshot.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use raft::prelude::*;
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+#[derive(Default)]
+struct LogCore {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// The latest snapshot (metadata + store data); index 0 = none yet.
+    snapshot: Snapshot,
+    /// Entries after the snapshot index, contiguous.
+    entries: Vec<Entry>,
+}
+
+impl LogCore {
+    fn first_index(&self) -> u64 {
+        self.snapshot.get_metadata().index + 1
+    }
+
+    fn last_index(&self) -> u64 {
+        match self.entries.last() {
+            Some(e) => e.index,
+            None => self.snapshot.get_metadata().index,
+        }
+    }
+
+    fn append(&mut self, ents: &[Entry]) -> raft::Result<()> {
+        let Some(first) = ents.first() else {
+            return Ok(());
+        };
+        if first.index < self.first_index() || first.index > self.last_index() + 1 {
+            // raft-rs never hands us such a batch; refuse instead of corrupting the log.
+            return Err(raft::Error::Store(StorageError::Other(
+                format!(
+                    "append at {} outside log [{}, {}]",
+                    first.index,
+                    self.first_index(),
+                    self.last_index() + 1
+                )
+                .into(),
+            )));
+        }
+        let keep = (first.index - self.first_index()) as usize;
+        self.entries.truncate(keep);
+        self.entries.extend_from_slice(ents);
+        Ok(())
+    }
+}
+
+/// The log storage of one member. Cloning shares the same log (raft-rs holds one clone).
+#[derive(Clone, Default)]
+pub struct RaftStorage {
+    core: Arc<RwLock<LogCore>>,
+}
+
+impl RaftStorage {
+    /// An empty log for a member that will receive its state from peers.
+    pub fn new_empty() -> RaftStorage {
+        RaftStorage::default()
+    }
+
+    /// The log of a brand-new cluster: one `ConfChangeAddNode` entry per initial member at
+    /// term 1, all committed, with the voters already in the ConfState — the same bootstrap
+    /// etcd writes, so indexes line up with etcd's. Returns the storage and the entries, which
+    /// the caller must also make durable.
+    pub fn new_bootstrap(members: &[(u64, Vec<u8>)]) -> RaftStorage {
+        let entries = bootstrap_entries(members);
+        let s = RaftStorage::default();
+        {
+            let mut core = s.wl();
+            core.entries = entries.clone();
+            core.hard_state.term = 1;
+            core.hard_state.commit = entries.len() as u64;
+            core.conf_state.voters = members.iter().map(|(id, _)| *id).collect();
+        }
+        s
+    }
+
+    /// Restores a log read back from disk: the newest snapshot (or none), the HardState and
+    /// the entries after the snapshot.
+    pub fn restore(snapshot: Option<Snapshot>, hard_state: HardState, entries: Vec<Entry>) -> RaftStorage {
+        let s = RaftStorage::default();
+        {
+            let mut core = s.wl();
+            if let Some(snap) = snapshot {
+                core.conf_state = snap.get_metadata().get_conf_state().clone();
+                core.snapshot = snap;
+            }
+            let first = core.first_index();
+            core.entries = entries.into_iter().filter(|e| e.index >= first).collect();
+            core.hard_state = hard_state;
+        }
+        s
+    }
+
+    fn rl(&self) -> RwLockReadGuard<'_, LogCore> {
+        self.core.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wl(&self) -> RwLockWriteGuard<'_, LogCore> {
+        self.core.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes a Ready's snapshot, entries and HardState visible to raft (after the caller made
+    /// them durable), in that order.
+    pub fn persist(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> raft::Result<()> {
+        let mut core = self.wl();
+        if let Some(snap) = snapshot {
+            let meta = snap.get_metadata();
+            if meta.index >= core.first_index() {
+                core.entries.retain(|e| e.index > meta.index);
+                if core
+                    .entries
+                    .first()
+                    .is_some_and(|e| e.index != meta.index + 1)
+                {
+                    core.entries.clear();
+                }
+                core.conf_state = meta.get_conf_state().clone();
+                core.hard_state.term = core.hard_state.term.max(meta.term);
+                core.hard_state.commit = core.hard_state.commit.max(meta.index);
+                core.snapshot = snap.clone();
+            }
+        }
+        core.append(entries)?;
+        if let Some(hs) = hard_state {
+            core.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Records a new commit index learned after `advance` (no new entries).
+    pub fn set_commit(&mut self, commit: u64) {
+        self.wl().hard_state.commit = commit;
+    }
+
+    /// Records the ConfState after a configuration change was applied.
+    pub fn set_conf_state(&mut self, cs: ConfState) {
+        self.wl().conf_state = cs;
+    }
+
+    /// The ConfState as of the last applied configuration change.
+    pub fn conf_state(&self) -> ConfState {
+        self.rl().conf_state.clone()
+    }
+
+    /// Term of the entry at `index`, if still in the log.
+    pub fn term_of(&self, index: u64) -> Option<u64> {
+        self.term(index).ok()
+    }
+
+    /// Installs a snapshot taken locally at an applied index and compacts the log up to it.
+    pub fn install_local_snapshot(&mut self, snap: Snapshot) {
+        let mut core = self.wl();
+        let index = snap.get_metadata().index;
+        if index <= core.snapshot.get_metadata().index || index > core.last_index() {
+            return;
+        }
+        core.entries.retain(|e| e.index > index);
+        core.snapshot = snap;
+    }
+
+    /// The latest snapshot (index 0 if none).
+    pub fn latest_snapshot(&self) -> Snapshot {
+        self.rl().snapshot.clone()
+    }
+}
+
+/// The bootstrap entries of a new cluster (see [`RaftStorage::new_bootstrap`]).
+pub fn bootstrap_entries(members: &[(u64, Vec<u8>)]) -> Vec<Entry> {
+    let mut entries = Vec::with_capacity(members.len());
+    for (i, (id, context)) in members.iter().enumerate() {
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::AddNode);
+        cc.node_id = *id;
+        cc.context = context.clone().into();
+        let mut e = Entry::default();
+        e.set_entry_type(EntryType::EntryConfChange);
+        e.term = 1;
+        e.index = i as u64 + 1;
+        e.data = protobuf::Message::write_to_bytes(&cc)
+            .expect("encoding a ConfChange cannot fail")
+            .into();
+        entries.push(e);
+    }
+    entries
+}
+
+impl Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let core = self.rl();
+        Ok(RaftState::new(
+            core.hard_state.clone(),
+            core.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let core = self.rl();
+        if low < core.first_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > core.last_index() + 1 || low > high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let offset = core.first_index();
+        let slice = &core.entries[(low - offset) as usize..(high - offset) as usize];
+        let max = max_size.into().unwrap_or(u64::MAX);
+        let mut out = Vec::with_capacity(slice.len());
+        let mut size = 0u64;
+        for e in slice {
+            size += protobuf::Message::compute_size(e) as u64;
+            // Always return at least one entry, as raft-rs's own storage does.
+            if !out.is_empty() && size > max {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let core = self.rl();
+        let snap = core.snapshot.get_metadata();
+        if idx == snap.index {
+            return Ok(snap.term);
+        }
+        if idx < core.first_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > core.last_index() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(core.entries[(idx - core.first_index()) as usize].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.rl().first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.rl().last_index())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let core = self.rl();
+        if core.snapshot.get_metadata().index < request_index || core.snapshot.get_metadata().index == 0 {
+            // The applier takes a fresh snapshot soon; raft-rs retries.
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(core.snapshot.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e
+    }
+
+    #[test]
+    fn append_overwrites_conflicting_suffix() {
+        let mut s = RaftStorage::new_empty();
+        s.persist(None, &[entry(1, 1), entry(2, 1), entry(3, 1)], None)
+            .unwrap();
+        s.persist(None, &[entry(2, 2)], None).unwrap();
+        assert_eq!(s.last_index().unwrap(), 2);
+        assert_eq!(s.term(2).unwrap(), 2);
+        assert!(s.persist(None, &[entry(5, 2)], None).is_err());
+    }
+
+    #[test]
+    fn snapshot_compacts_and_serves() {
+        let mut s = RaftStorage::new_empty();
+        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
+        s.persist(None, &ents, None).unwrap();
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 6;
+        snap.mut_metadata().term = 1;
+        snap.data = b"state".to_vec().into();
+        s.install_local_snapshot(snap);
+        assert_eq!(s.first_index().unwrap(), 7);
+        assert_eq!(s.term(6).unwrap(), 1);
+        assert!(matches!(
+            s.entries(3, 5, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert_eq!(s.snapshot(6, 0).unwrap().data.as_ref(), b"state");
+        assert!(s.snapshot(8, 0).is_err());
+    }
+
+    #[test]
+    fn bootstrap_log_is_committed() {
+        let s = RaftStorage::new_bootstrap(&[(1, vec![]), (2, vec![])]);
+        let st = s.initial_state().unwrap();
+        assert_eq!(st.hard_state.commit, 2);
+        assert_eq!(st.conf_state.voters, vec![1, 2]);
+        assert_eq!(s.last_index().unwrap(), 2);
+    }
+}

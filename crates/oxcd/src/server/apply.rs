@@ -1,0 +1,396 @@
+//! Apply: committed log entries become store changes, in log order, exactly once.
+//!
+//! Owns the mapping from a decoded [`RaftRequest`] to the store operation (etcd's
+//! `applyV2Request`), membership updates from configuration changes, and the periodic
+//! proposals a member makes on its own (SYNC for TTL expiry, publishing its attributes,
+//! the leader's cluster version).
+//!
+//! Deterministic results (an `Event` or a v2 error such as "key not found") go back to the
+//! waiting client; they are the same on every member because the store only sees data from
+//! the log — the `now` it receives is used only to compute the `ttl` field of responses.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use oxcd_api::v2::{Error as V2Error, ErrorCode};
+use raft::prelude::{ConfChange, ConfChangeType, Entry};
+
+use super::request::{time_to_unix_nanos, unix_nanos_to_time, RaftRequest, RequestBody, V2Request};
+use super::{ApplyResult, Shared, CLUSTER_VERSION};
+use crate::membership::{id_to_string, Member};
+use crate::raft::Applier;
+
+/// How often the leader proposes its clock while TTL keys exist (etcd's SYNC interval).
+const SYNC_INTERVAL: Duration = Duration::from_millis(500);
+/// How long to wait before retrying a publish or cluster-version proposal.
+const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The state machine driven by the raft thread.
+pub struct ServerApplier {
+    shared: Arc<Shared>,
+    last_sync: Instant,
+    last_publish: Option<Instant>,
+    last_version: Option<Instant>,
+}
+
+impl ServerApplier {
+    /// An applier over the shared server state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        ServerApplier {
+            shared,
+            last_sync: Instant::now(),
+            last_publish: None,
+            last_version: None,
+        }
+    }
+
+    fn apply_request(
+        store: &mut oxcd_v2store::Store,
+        shared: &Shared,
+        req: RequestBody,
+        now: SystemTime,
+    ) -> Option<ApplyResult> {
+        match req {
+            RequestBody::V2(v2) => Some(apply_v2(store, v2, now)),
+            RequestBody::Sync { time_unix_nanos } => {
+                store.delete_expired_keys(unix_nanos_to_time(time_unix_nanos));
+                None
+            }
+            RequestBody::PublishAttributes {
+                member_id,
+                name,
+                client_urls,
+            } => {
+                let attrs = serde_json::json!({ "name": name, "clientURLs": client_urls });
+                let path = format!("/0/members/{}/attributes", id_to_string(member_id));
+                let res = store.set(
+                    &path,
+                    false,
+                    &attrs.to_string(),
+                    oxcd_v2store::TtlOptions::default(),
+                    now,
+                );
+                let mut members = shared.members.write().unwrap_or_else(|e| e.into_inner());
+                if let Some(m) = members.get_mut(&member_id) {
+                    m.name = name;
+                    m.client_urls = client_urls;
+                }
+                Some(res)
+            }
+            RequestBody::ClusterVersion { version } => {
+                let res = store.set(
+                    "/0/version",
+                    false,
+                    &version,
+                    oxcd_v2store::TtlOptions::default(),
+                    now,
+                );
+                *shared
+                    .cluster_version
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(version);
+                Some(res)
+            }
+        }
+    }
+}
+
+/// Maps a v2 request onto the store.
+pub fn apply_v2(store: &mut oxcd_v2store::Store, req: V2Request, now: SystemTime) -> ApplyResult {
+    match req {
+        V2Request::Set {
+            path,
+            value,
+            dir,
+            expiry,
+        } => store.set(&path, dir, &value, expiry.to_ttl_options(), now),
+        V2Request::Create {
+            path,
+            value,
+            dir,
+            unique,
+            expiry,
+        } => store.create(&path, dir, &value, unique, expiry.to_ttl_options(), now),
+        V2Request::Update {
+            path,
+            value,
+            expiry,
+        } => store.update(&path, &value, expiry.to_ttl_options(), now),
+        V2Request::CompareAndSwap {
+            path,
+            prev_value,
+            prev_index,
+            value,
+            expiry,
+        } => store.compare_and_swap(
+            &path,
+            &prev_value,
+            prev_index,
+            &value,
+            expiry.to_ttl_options(),
+            now,
+        ),
+        V2Request::Delete {
+            path,
+            dir,
+            recursive,
+        } => store.delete(&path, dir, recursive, now),
+        V2Request::CompareAndDelete {
+            path,
+            prev_value,
+            prev_index,
+        } => store.compare_and_delete(&path, &prev_value, prev_index, now),
+        V2Request::QuorumGet {
+            path,
+            recursive,
+            sorted,
+        } => store.get(&path, recursive, sorted, now),
+    }
+}
+
+impl Applier for ServerApplier {
+    fn apply_entries(&mut self, entries: &[Entry]) {
+        let now = SystemTime::now();
+        let shared = Arc::clone(&self.shared);
+        let mut results: Vec<(u64, ApplyResult)> = Vec::with_capacity(entries.len());
+        {
+            let mut store = shared.store.write().unwrap_or_else(|e| e.into_inner());
+            for entry in entries {
+                if entry.data.is_empty() {
+                    continue;
+                }
+                let req = match RaftRequest::decode(&entry.data) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Every member skips the same undecodable entry, so state stays equal;
+                        // it can only come from a newer oxcd whose request kind we don't know.
+                        tracing::error!(index = entry.index, error = %e, "apply: undecodable entry skipped");
+                        continue;
+                    }
+                };
+                shared
+                    .status
+                    .proposals_committed
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(res) = Self::apply_request(&mut store, &shared, req.body, now) {
+                    results.push((req.id, res));
+                }
+            }
+        }
+        // Wake the clients after releasing the store lock so they can read at once.
+        for (id, res) in results {
+            shared.wait.trigger(id, res);
+        }
+    }
+
+    fn apply_conf_change(&mut self, index: u64, cc: &ConfChange) {
+        let now = SystemTime::now();
+        let mut store = self.shared.store.write().unwrap_or_else(|e| e.into_inner());
+        let mut members = self
+            .shared
+            .members
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let id_str = id_to_string(cc.node_id);
+        match cc.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let member: Member = serde_json::from_slice(&cc.context).unwrap_or(Member {
+                    id: cc.node_id,
+                    name: String::new(),
+                    peer_urls: Vec::new(),
+                    client_urls: Vec::new(),
+                });
+                let raft_attrs = serde_json::json!({ "peerURLs": member.peer_urls });
+                let _ = store.set(
+                    &format!("/0/members/{id_str}/raftAttributes"),
+                    false,
+                    &raft_attrs.to_string(),
+                    oxcd_v2store::TtlOptions::default(),
+                    now,
+                );
+                tracing::info!(index, member = %id_str, peer_urls = ?member.peer_urls, "membership: added member");
+                members.entry(cc.node_id).or_insert(Member {
+                    id: cc.node_id,
+                    name: member.name,
+                    peer_urls: member.peer_urls,
+                    client_urls: Vec::new(),
+                });
+            }
+            ConfChangeType::RemoveNode => {
+                let _ = store.delete(&format!("/0/members/{id_str}"), true, true, now);
+                let _ = store.set(
+                    &format!("/0/removed_members/{id_str}"),
+                    false,
+                    "removed",
+                    oxcd_v2store::TtlOptions::default(),
+                    now,
+                );
+                members.remove(&cc.node_id);
+                tracing::info!(index, member = %id_str, "membership: removed member");
+            }
+        }
+    }
+
+    fn periodic(&mut self, is_leader: bool, leader_id: u64) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        if leader_id == 0 {
+            return out;
+        }
+        let shared = &self.shared;
+        if is_leader && self.last_sync.elapsed() >= SYNC_INTERVAL {
+            self.last_sync = Instant::now();
+            let has_ttl = shared
+                .store
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .has_ttl_keys();
+            if has_ttl {
+                out.push(
+                    RaftRequest {
+                        id: shared.ids.next(),
+                        body: RequestBody::Sync {
+                            time_unix_nanos: time_to_unix_nanos(SystemTime::now()),
+                        },
+                    }
+                    .encode(),
+                );
+            }
+        }
+        let published = {
+            let members = shared.members.read().unwrap_or_else(|e| e.into_inner());
+            members
+                .get(&shared.member_id)
+                .map(|m| m.name == shared.name && m.client_urls == shared.client_urls)
+                .unwrap_or(false)
+        };
+        if !published && self.last_publish.is_none_or(|t| t.elapsed() >= RETRY_INTERVAL) {
+            self.last_publish = Some(Instant::now());
+            out.push(
+                RaftRequest {
+                    id: shared.ids.next(),
+                    body: RequestBody::PublishAttributes {
+                        member_id: shared.member_id,
+                        name: shared.name.clone(),
+                        client_urls: shared.client_urls.clone(),
+                    },
+                }
+                .encode(),
+            );
+        }
+        let version_set = shared
+            .cluster_version
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if is_leader
+            && !version_set
+            && self
+                .last_version
+                .is_none_or(|t| t.elapsed() >= RETRY_INTERVAL)
+        {
+            self.last_version = Some(Instant::now());
+            out.push(
+                RaftRequest {
+                    id: shared.ids.next(),
+                    body: RequestBody::ClusterVersion {
+                        version: CLUSTER_VERSION.to_string(),
+                    },
+                }
+                .encode(),
+            );
+        }
+        out
+    }
+
+    fn snapshot_data(&mut self) -> Vec<u8> {
+        self.shared
+            .store
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .save()
+    }
+
+    fn restore(&mut self, index: u64, data: &[u8]) {
+        let mut store = self.shared.store.write().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = store.recovery(data) {
+            // The leader sent state we cannot read: continuing would serve wrong data.
+            panic!("apply: cannot restore snapshot at index {index}: {e}");
+        }
+        let (members, version) = members_from_store(&store);
+        drop(store);
+        *self.shared.members.write().unwrap_or_else(|e| e.into_inner()) = members;
+        *self
+            .shared
+            .cluster_version
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = version;
+    }
+
+    fn proposal_dropped(&mut self, id: u64) {
+        self.shared.wait.trigger(
+            id,
+            Err(V2Error::new(
+                ErrorCode::RaftInternal,
+                "raft proposal dropped",
+                0,
+            )),
+        );
+    }
+}
+
+/// Rebuilds the member list and cluster version from the store's `/0` namespace (after a
+/// snapshot restore).
+pub fn members_from_store(
+    store: &oxcd_v2store::Store,
+) -> (std::collections::BTreeMap<u64, Member>, Option<String>) {
+    let now = SystemTime::now();
+    let mut members = std::collections::BTreeMap::new();
+    if let Ok(ev) = store.get("/0/members", true, true, now) {
+        for m in ev.node.and_then(|n| n.nodes).unwrap_or_default() {
+            let Some(id) = m
+                .key
+                .rsplit('/')
+                .next()
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+            else {
+                continue;
+            };
+            let mut member = Member {
+                id,
+                name: String::new(),
+                peer_urls: Vec::new(),
+                client_urls: Vec::new(),
+            };
+            for attr in m.nodes.unwrap_or_default() {
+                let v: serde_json::Value = attr
+                    .value
+                    .as_deref()
+                    .and_then(|v| serde_json::from_str(v).ok())
+                    .unwrap_or_default();
+                let strings = |key: &str| -> Vec<String> {
+                    v.get(key)
+                        .and_then(|x| x.as_array())
+                        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                        .unwrap_or_default()
+                };
+                if attr.key.ends_with("/raftAttributes") {
+                    member.peer_urls = strings("peerURLs");
+                } else if attr.key.ends_with("/attributes") {
+                    member.client_urls = strings("clientURLs");
+                    member.name = v
+                        .get("name")
+                        .and_then(|n| n.as_str())
+                        .unwrap_or_default()
+                        .to_string();
+                }
+            }
+            members.insert(id, member);
+        }
+    }
+    let version = store
+        .get("/0/version", false, false, now)
+        .ok()
+        .and_then(|ev| ev.node.and_then(|n| n.value));
+    (members, version)
+}

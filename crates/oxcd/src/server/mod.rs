@@ -1,0 +1,292 @@
+//! The etcd server: the glue between the HTTP handlers, raft and the v2 store.
+//!
+//! Owns [`EtcdServer`], which HTTP handlers call: `do_v2` proposes writes and quorum reads
+//! through raft and waits for their results; plain reads and watches go straight to the store
+//! under its lock (etcd serves them locally too). Also owns the member's identity and the
+//! shared state that apply updates ([`Shared`]).
+//!
+//! Invariants:
+//! - a write is answered only after its entry was committed (persisted on a majority) and
+//!   applied on this member;
+//! - every proposal has a unique ID; its waiter is removed on every exit path (result,
+//!   timeout, drop), so the wait registry does not grow.
+
+pub mod apply;
+pub mod request;
+pub mod wait;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use oxcd_api::v2::{Error as V2Error, ErrorCode, Event};
+use oxcd_v2store::Store;
+
+use crate::membership::{Cluster, Member};
+use crate::raft::{RaftHandle, RaftInput, RaftStatus};
+use request::{IdGenerator, RaftRequest, RequestBody, V2Request};
+use wait::Wait;
+
+/// The cluster version this server speaks (what etcd 3.4 reports in `/version`).
+pub const CLUSTER_VERSION: &str = "3.4.0";
+/// The server API version reported in `/version` (the etcd release whose API we implement).
+pub const SERVER_API_VERSION: &str = "3.4.23";
+/// Store namespace for cluster membership (hidden from the keys API).
+pub const STORE_CLUSTER_PREFIX: &str = "/0";
+/// Store namespace under which the keys API lives.
+pub const STORE_KEYS_PREFIX: &str = "/1";
+
+/// The result of applying one request.
+pub type ApplyResult = Result<Event, V2Error>;
+
+/// State shared by the raft thread (apply) and the HTTP handlers.
+pub struct Shared {
+    /// The v2 store. Readers take the read lock; apply and watch registration take the write lock.
+    pub store: RwLock<Store>,
+    /// Clients waiting for their proposals.
+    pub wait: Wait<ApplyResult>,
+    /// Members by ID, as applied from the log.
+    pub members: RwLock<BTreeMap<u64, Member>>,
+    /// The cluster version once the leader decided it.
+    pub cluster_version: RwLock<Option<String>>,
+    /// Raft state for headers and stats.
+    pub status: Arc<RaftStatus>,
+    /// Request ID generator.
+    pub ids: IdGenerator,
+    /// This member's ID.
+    pub member_id: u64,
+    /// This member's name.
+    pub name: String,
+    /// This member's advertised client URLs.
+    pub client_urls: Vec<String>,
+    /// The cluster ID.
+    pub cluster_id: u64,
+    /// When this member started.
+    pub start_time: SystemTime,
+}
+
+/// Errors of the server layer (not store errors, which are results).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The request was not committed in time.
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// The server is shutting down.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+}
+
+impl ServerError {
+    /// The v2 error a client sees (etcd answers internal failures with code 300).
+    pub fn to_v2(&self) -> V2Error {
+        V2Error::new(ErrorCode::RaftInternal, self.to_string(), 0)
+    }
+}
+
+/// The server as HTTP handlers see it.
+pub struct EtcdServer {
+    /// Shared state (store, members, status).
+    pub shared: Arc<Shared>,
+    raft: RaftHandle,
+    request_timeout: Duration,
+    /// Peer URLs this member advertises.
+    pub peer_urls: Vec<String>,
+    /// Upper bound of a request body (`--max-request-bytes`).
+    pub max_request_bytes: usize,
+}
+
+impl EtcdServer {
+    /// Wraps a running raft thread.
+    pub fn new(
+        shared: Arc<Shared>,
+        raft: RaftHandle,
+        request_timeout: Duration,
+        peer_urls: Vec<String>,
+        max_request_bytes: usize,
+    ) -> Self {
+        EtcdServer {
+            shared,
+            raft,
+            request_timeout,
+            peer_urls,
+            max_request_bytes,
+        }
+    }
+
+    /// Proposes a v2 write (or quorum read) and waits for its applied result.
+    pub async fn do_v2(&self, req: V2Request) -> Result<ApplyResult, ServerError> {
+        self.propose(RequestBody::V2(req)).await
+    }
+
+    async fn propose(&self, body: RequestBody) -> Result<ApplyResult, ServerError> {
+        let id = self.shared.ids.next();
+        let data = RaftRequest { id, body }.encode();
+        let rx = self.shared.wait.register(id);
+        // Removes the registration if this future is dropped (client went away) or times out.
+        let guard = WaitGuard {
+            wait: &self.shared.wait,
+            id,
+        };
+        if !self.raft.send(RaftInput::Propose { id, data }) {
+            return Err(ServerError::Stopped);
+        }
+        let res = match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(res)) => Ok(res),
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(ServerError::Timeout),
+        };
+        drop(guard);
+        res
+    }
+
+    /// Reads the store locally (no raft round trip), as etcd serves non-quorum GETs.
+    pub fn get(&self, path: &str, recursive: bool, sorted: bool) -> ApplyResult {
+        let store = self.shared.store.read().unwrap_or_else(|e| e.into_inner());
+        store.get(path, recursive, sorted, SystemTime::now())
+    }
+
+    /// Current raft term (X-Raft-Term).
+    pub fn term(&self) -> u64 {
+        self.shared.status.term.load(Ordering::Relaxed)
+    }
+
+    /// Current commit index (X-Raft-Index).
+    pub fn commit_index(&self) -> u64 {
+        self.shared.status.commit_index.load(Ordering::Relaxed)
+    }
+
+    /// Known leader (0 = none).
+    pub fn leader(&self) -> u64 {
+        self.shared.status.leader.load(Ordering::Relaxed)
+    }
+
+    /// Client URLs of all members, in member-ID order.
+    pub fn client_urls(&self) -> Vec<String> {
+        let members = self.shared.members.read().unwrap_or_else(|e| e.into_inner());
+        members
+            .values()
+            .flat_map(|m| m.client_urls.iter().cloned())
+            .collect()
+    }
+
+    /// Asks the raft thread to stop.
+    pub fn shutdown(&self) {
+        let _ = self.raft.send(RaftInput::Shutdown);
+    }
+}
+
+struct WaitGuard<'a> {
+    wait: &'a Wait<ApplyResult>,
+    id: u64,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.wait.cancel(self.id);
+    }
+}
+
+/// Everything needed to build a member.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// `--name`.
+    pub name: String,
+    /// `--initial-advertise-peer-urls`.
+    pub peer_urls: Vec<String>,
+    /// `--advertise-client-urls`.
+    pub client_urls: Vec<String>,
+    /// `--initial-cluster` entries.
+    pub initial_cluster: Vec<(String, String)>,
+    /// `--initial-cluster-token`.
+    pub initial_cluster_token: String,
+    /// `--heartbeat-interval`.
+    pub heartbeat: Duration,
+    /// `--election-timeout`.
+    pub election_timeout: Duration,
+    /// `--max-request-bytes`.
+    pub max_request_bytes: usize,
+    /// `--snapshot-count`.
+    pub snapshot_count: u64,
+}
+
+/// Errors that stop a member from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BootstrapError {
+    /// This member's peer URLs are not in `--initial-cluster`.
+    #[error("couldn't find local name {name:?} in the initial cluster configuration")]
+    NotInInitialCluster { name: String },
+    /// raft-rs refused the configuration.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+}
+
+/// Builds the shared state and starts the raft thread for a new cluster.
+pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
+    let cluster = Cluster::from_initial(&opts.initial_cluster, &opts.initial_cluster_token);
+    let me = cluster
+        .member_by_peer_urls(&opts.peer_urls)
+        .filter(|m| m.name == opts.name)
+        .ok_or_else(|| BootstrapError::NotInInitialCluster {
+            name: opts.name.clone(),
+        })?
+        .clone();
+    let status = Arc::new(RaftStatus::default());
+    let shared = Arc::new(Shared {
+        store: RwLock::new(Store::new(&[STORE_CLUSTER_PREFIX, STORE_KEYS_PREFIX])),
+        wait: Wait::default(),
+        members: RwLock::new(BTreeMap::new()),
+        cluster_version: RwLock::new(None),
+        status: Arc::clone(&status),
+        ids: IdGenerator::new(me.id, SystemTime::now()),
+        member_id: me.id,
+        name: opts.name.clone(),
+        client_urls: opts.client_urls.clone(),
+        cluster_id: cluster.id,
+        start_time: SystemTime::now(),
+    });
+    let bootstrap: Vec<(u64, Vec<u8>)> = cluster
+        .members
+        .iter()
+        .map(|m| {
+            let ctx = serde_json::to_vec(m).expect("member encodes");
+            (m.id, ctx)
+        })
+        .collect();
+    let storage = crate::raft::storage::RaftStorage::new_bootstrap(&bootstrap);
+    let tick = opts.heartbeat.max(Duration::from_millis(1));
+    let election_ticks = (opts.election_timeout.as_millis() / tick.as_millis().max(1)) as usize;
+    let cfg = crate::raft::RaftConfig {
+        id: me.id,
+        tick,
+        election_ticks,
+        applied: 0,
+        snapshot_count: opts.snapshot_count,
+    };
+    let applier = apply::ServerApplier::new(Arc::clone(&shared));
+    let node = crate::raft::RaftNode::new(
+        &cfg,
+        storage,
+        applier,
+        crate::transport::NullTransport,
+        status,
+    )?;
+    let (handle, _join) = node.spawn(tick);
+    tracing::info!(
+        member = %crate::membership::id_to_string(me.id),
+        cluster = %crate::membership::id_to_string(cluster.id),
+        name = %opts.name,
+        "server: started member"
+    );
+    // etcd's request timeout: 5 s plus two election timeouts.
+    let request_timeout = Duration::from_secs(5) + 2 * opts.election_timeout;
+    Ok(EtcdServer::new(
+        shared,
+        handle,
+        request_timeout,
+        opts.peer_urls.clone(),
+        opts.max_request_bytes,
+    ))
+}

@@ -1,0 +1,106 @@
+//! Process startup: from a parsed configuration to listening sockets and a running member
+//! (etcd's `etcdmain`).
+//!
+//! Binds every listener first, so a port conflict fails the start before anything is
+//! written, then starts the member and serves until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::server::{self, EtcdServer, ServerOptions};
+
+/// Listen addresses of a member.
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    /// `--listen-client-urls`, resolved.
+    pub client: Vec<SocketAddr>,
+    /// `--listen-peer-urls`, resolved.
+    pub peer: Vec<SocketAddr>,
+}
+
+/// Runs a member until a shutdown signal.
+pub async fn run(opts: ServerOptions, listeners: Listeners) -> anyhow::Result<()> {
+    let mut client_listeners = Vec::new();
+    for addr in &listeners.client {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen tcp {addr}: bind failed"))?;
+        tracing::info!(address = %addr, "startup: serving client traffic");
+        client_listeners.push(l);
+    }
+    let mut peer_listeners = Vec::new();
+    for addr in &listeners.peer {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen tcp {addr}: bind failed"))?;
+        tracing::info!(address = %addr, "startup: listening for peers");
+        peer_listeners.push(l);
+    }
+    let server: Arc<EtcdServer> = Arc::new(server::start(&opts)?);
+    for l in client_listeners {
+        tokio::spawn(crate::http::serve(l, Arc::clone(&server), crate::http::Api::Client));
+    }
+    for l in peer_listeners {
+        tokio::spawn(crate::http::serve(l, Arc::clone(&server), crate::http::Api::Peer));
+    }
+    shutdown_signal().await;
+    tracing::info!("startup: shutting down");
+    server.shutdown();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Splits a parsed configuration into the member's options and its listen addresses.
+pub fn from_config(cfg: &crate::config::ServerConfig) -> (ServerOptions, Listeners) {
+    let urls = |v: &[crate::config::Url]| v.iter().map(|u| u.to_string()).collect::<Vec<_>>();
+    let addrs = |v: &[crate::config::Url]| {
+        v.iter()
+            .flat_map(|u| u.socket_addrs())
+            .collect::<Vec<SocketAddr>>()
+    };
+    let opts = ServerOptions {
+        name: cfg.name.clone(),
+        peer_urls: urls(&cfg.initial_advertise_peer_urls),
+        client_urls: urls(&cfg.advertise_client_urls),
+        initial_cluster: cfg
+            .initial_cluster
+            .iter()
+            .map(|(n, u)| (n.clone(), u.to_string()))
+            .collect(),
+        initial_cluster_token: cfg.initial_cluster_token.clone(),
+        heartbeat: cfg.heartbeat_interval,
+        election_timeout: cfg.election_timeout,
+        max_request_bytes: cfg.max_request_bytes,
+        snapshot_count: cfg.snapshot_count,
+    };
+    let listeners = Listeners {
+        client: addrs(&cfg.listen_client_urls),
+        peer: addrs(&cfg.listen_peer_urls),
+    };
+    (opts, listeners)
+}
