@@ -7,7 +7,7 @@ use oxcd::config::{self, Command};
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cfg = match config::parse(args, &|k: &str| std::env::var(k).ok()) {
-        Ok(Command::Run(cfg)) => cfg,
+        Ok(Command::Run(cfg)) => *cfg,
         Ok(Command::PrintVersion(text)) | Ok(Command::PrintHelp(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
@@ -42,8 +42,9 @@ fn main() -> ExitCode {
 
 fn init_tracing(cfg: &config::ServerConfig) {
     let default = cfg.log_level.as_str();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OXCD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},oxcd::raft={default}")));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OXCD_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default},oxcd::raft={default}"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

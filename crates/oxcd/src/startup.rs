@@ -41,10 +41,18 @@ pub async fn run(opts: ServerOptions, listeners: Listeners) -> anyhow::Result<()
     }
     let server: Arc<EtcdServer> = Arc::new(server::start(&opts)?);
     for l in client_listeners {
-        tokio::spawn(crate::http::serve(l, Arc::clone(&server), crate::http::Api::Client));
+        tokio::spawn(crate::http::serve(
+            l,
+            Arc::clone(&server),
+            crate::http::Api::Client,
+        ));
     }
     for l in peer_listeners {
-        tokio::spawn(crate::http::serve(l, Arc::clone(&server), crate::http::Api::Peer));
+        tokio::spawn(crate::http::serve(
+            l,
+            Arc::clone(&server),
+            crate::http::Api::Peer,
+        ));
     }
     shutdown_signal().await;
     tracing::info!("startup: shutting down");

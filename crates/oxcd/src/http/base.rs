@@ -165,7 +165,9 @@ pub fn members(server: &EtcdServer, method: &Method, path: &str) -> Response<Res
         return method_not_allowed("GET,POST,DELETE,PUT");
     }
     let mut resp = if method == Method::GET {
-        let rest = path.trim_start_matches("/v2/members").trim_start_matches('/');
+        let rest = path
+            .trim_start_matches("/v2/members")
+            .trim_start_matches('/');
         let members = server
             .shared
             .members
@@ -285,7 +287,10 @@ mod tests {
     #[test]
     fn durations_print_like_go() {
         assert_eq!(go_duration(Duration::ZERO), "0s");
-        assert_eq!(go_duration(Duration::from_nanos(1_812_583_305)), "1.812583305s");
+        assert_eq!(
+            go_duration(Duration::from_nanos(1_812_583_305)),
+            "1.812583305s"
+        );
         assert_eq!(go_duration(Duration::from_millis(62_500)), "1m2.5s");
         assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
         assert_eq!(go_duration(Duration::from_micros(812_500)), "812.5ms");

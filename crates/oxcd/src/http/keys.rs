@@ -449,12 +449,22 @@ mod tests {
     fn put_dispatch_follows_etcd() {
         let r = parse(Method::PUT, "/v2/keys/a", "value=1&prevExist=true").unwrap();
         assert!(matches!(r.to_v2_request(), Some(V2Request::Update { .. })));
-        let r = parse(Method::PUT, "/v2/keys/a", "value=1&prevExist=true&prevIndex=3").unwrap();
+        let r = parse(
+            Method::PUT,
+            "/v2/keys/a",
+            "value=1&prevExist=true&prevIndex=3",
+        )
+        .unwrap();
         assert!(matches!(
             r.to_v2_request(),
             Some(V2Request::CompareAndSwap { .. })
         ));
-        let r = parse(Method::PUT, "/v2/keys/a", "value=1&prevExist=false&prevValue=x").unwrap();
+        let r = parse(
+            Method::PUT,
+            "/v2/keys/a",
+            "value=1&prevExist=false&prevValue=x",
+        )
+        .unwrap();
         assert!(matches!(
             r.to_v2_request(),
             Some(V2Request::Create { unique: false, .. })

@@ -81,7 +81,10 @@ pub fn text_error(status: StatusCode, msg: &str) -> Response<RespBody> {
         "Content-Type",
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    h.insert("X-Content-Type-Options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "X-Content-Type-Options",
+        HeaderValue::from_static("nosniff"),
+    );
     resp
 }
 
@@ -114,7 +117,7 @@ async fn handle(
 ) -> Response<RespBody> {
     let started = Instant::now();
     let method = req.method().clone();
-    let mut resp = match api {
+    let resp = match api {
         Api::Client => {
             let mut r = route(&server, req).await;
             add_cors(&mut r);
@@ -266,11 +269,11 @@ async fn keys_request(
     if form_err.is_none() {
         form_err = qerr;
     }
-    let parsed = match parse_key_request(method, path, &form, form_err.as_deref(), SystemTime::now())
-    {
-        Ok(r) => r,
-        Err(e) => return error_response(&e),
-    };
+    let parsed =
+        match parse_key_request(method, path, &form, form_err.as_deref(), SystemTime::now()) {
+            Ok(r) => r,
+            Err(e) => return error_response(&e),
+        };
     serve_keys(server, parsed).await
 }
 

@@ -121,6 +121,8 @@ pub struct RaftNode<A: Applier, T: Transport> {
     snapshot_index: u64,
     /// Index of the last applied entry.
     applied: u64,
+    /// Campaign once the pending configuration is applied (one-member clusters).
+    campaign_pending: bool,
 }
 
 impl<A: Applier, T: Transport> RaftNode<A, T> {
@@ -155,12 +157,12 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
             snapshot_count: cfg.snapshot_count,
             snapshot_index: cfg.applied,
             applied: cfg.applied,
+            campaign_pending: false,
         };
-        // A one-member cluster need not wait a full election timeout for its only vote.
+        // A one-member cluster need not wait a full election timeout for its only vote; it
+        // campaigns as soon as its bootstrap configuration is applied.
         let voters = node.raw.raft.prs().conf().voters().ids();
-        if voters.len() == 1 && voters.contains(cfg.id) {
-            node.raw.campaign()?;
-        }
+        node.campaign_pending = voters.len() == 1 && voters.contains(cfg.id);
         Ok(node)
     }
 
@@ -244,7 +246,11 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
         };
         if let Some(snap) = &snapshot {
             let index = snap.get_metadata().index;
-            tracing::info!(index, term = snap.get_metadata().term, "raft: applying snapshot from leader");
+            tracing::info!(
+                index,
+                term = snap.get_metadata().term,
+                "raft: applying snapshot from leader"
+            );
             self.applier.restore(index, &snap.data);
             self.applied = index;
             self.snapshot_index = index;
@@ -274,6 +280,9 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
         self.maybe_snapshot();
+        if self.campaign_pending && self.raw.campaign().is_ok() {
+            self.campaign_pending = false;
+        }
         Ok(())
     }
 
@@ -362,7 +371,10 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
                             // A committed entry we cannot decode means the log is corrupt or
                             // written by an incompatible version: applying past it would fork
                             // our state from the other members'.
-                            panic!("raft: undecodable conf change at index {}: {e}", entry.index);
+                            panic!(
+                                "raft: undecodable conf change at index {}: {e}",
+                                entry.index
+                            );
                         }
                     };
                     let cs = self.raw.apply_conf_change(&cc)?;

@@ -230,7 +230,10 @@ fn run_schedule(seed: u64, members: u64, steps: usize) {
         sim.deliver(false);
         sim.deliver(false);
     }
-    assert!(sim.leader().is_some(), "seed {seed}: no leader after healing");
+    assert!(
+        sim.leader().is_some(),
+        "seed {seed}: no leader after healing"
+    );
     // Commit one more proposal on the leader so every earlier entry is committed everywhere.
     let leader = sim.leader().unwrap();
     sim.nodes[leader].propose(b"final".to_vec());
@@ -241,7 +244,12 @@ fn run_schedule(seed: u64, members: u64, steps: usize) {
     sim.check_prefixes();
     let reference = sim.applied(0);
     for i in 1..sim.nodes.len() {
-        assert_eq!(sim.applied(i), reference, "seed {seed}: member {} diverged", i + 1);
+        assert_eq!(
+            sim.applied(i),
+            reference,
+            "seed {seed}: member {} diverged",
+            i + 1
+        );
     }
     assert!(
         reference.iter().any(|(_, d)| d == b"final"),

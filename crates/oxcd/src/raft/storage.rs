@@ -92,7 +92,11 @@ impl RaftStorage {
 
     /// Restores a log read back from disk: the newest snapshot (or none), the HardState and
     /// the entries after the snapshot.
-    pub fn restore(snapshot: Option<Snapshot>, hard_state: HardState, entries: Vec<Entry>) -> RaftStorage {
+    pub fn restore(
+        snapshot: Option<Snapshot>,
+        hard_state: HardState,
+        entries: Vec<Entry>,
+    ) -> RaftStorage {
         let s = RaftStorage::default();
         {
             let mut core = s.wl();
@@ -269,7 +273,9 @@ impl Storage for RaftStorage {
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let core = self.rl();
-        if core.snapshot.get_metadata().index < request_index || core.snapshot.get_metadata().index == 0 {
+        if core.snapshot.get_metadata().index < request_index
+            || core.snapshot.get_metadata().index == 0
+        {
             // The applier takes a fresh snapshot soon; raft-rs retries.
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,

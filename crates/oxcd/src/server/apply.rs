@@ -264,7 +264,11 @@ impl Applier for ServerApplier {
                 .map(|m| m.name == shared.name && m.client_urls == shared.client_urls)
                 .unwrap_or(false)
         };
-        if !published && self.last_publish.is_none_or(|t| t.elapsed() >= RETRY_INTERVAL) {
+        if !published
+            && self
+                .last_publish
+                .is_none_or(|t| t.elapsed() >= RETRY_INTERVAL)
+        {
             self.last_publish = Some(Instant::now());
             out.push(
                 RaftRequest {
@@ -319,7 +323,11 @@ impl Applier for ServerApplier {
         }
         let (members, version) = members_from_store(&store);
         drop(store);
-        *self.shared.members.write().unwrap_or_else(|e| e.into_inner()) = members;
+        *self
+            .shared
+            .members
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = members;
         *self
             .shared
             .cluster_version
@@ -371,7 +379,11 @@ pub fn members_from_store(
                 let strings = |key: &str| -> Vec<String> {
                     v.get(key)
                         .and_then(|x| x.as_array())
-                        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|s| s.as_str().map(String::from))
+                                .collect()
+                        })
                         .unwrap_or_default()
                 };
                 if attr.key.ends_with("/raftAttributes") {

@@ -164,7 +164,11 @@ impl EtcdServer {
 
     /// Client URLs of all members, in member-ID order.
     pub fn client_urls(&self) -> Vec<String> {
-        let members = self.shared.members.read().unwrap_or_else(|e| e.into_inner());
+        let members = self
+            .shared
+            .members
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         members
             .values()
             .flat_map(|m| m.client_urls.iter().cloned())

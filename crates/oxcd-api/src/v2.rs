@@ -1,0 +1,332 @@
+//! The v2 keys API on the wire: events, nodes, and the error-code table.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Every v2 error code etcd defines. The numeric value is the `errorCode` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    KeyNotFound = 100,
+    TestFailed = 101,
+    NotFile = 102,
+    NoMorePeer = 103,
+    NotDir = 104,
+    NodeExist = 105,
+    KeyIsPreserved = 106,
+    RootROnly = 107,
+    DirNotEmpty = 108,
+    ExistingPeerAddr = 109,
+    Unauthorized = 110,
+    ValueRequired = 200,
+    PrevValueRequired = 201,
+    TTLNaN = 202,
+    IndexNaN = 203,
+    ValueOrTTLRequired = 204,
+    TimeoutNaN = 205,
+    NameRequired = 206,
+    IndexOrValueRequired = 207,
+    IndexValueMutex = 208,
+    InvalidField = 209,
+    InvalidForm = 210,
+    RefreshValue = 211,
+    RefreshTTLRequired = 212,
+    RaftInternal = 300,
+    LeaderElect = 301,
+    WatcherCleared = 400,
+    EventIndexCleared = 401,
+    StandbyInternal = 402,
+    InvalidActiveSize = 403,
+    InvalidRemoveDelay = 404,
+    ClientInternal = 500,
+}
+
+impl ErrorCode {
+    /// etcd's message for the code.
+    pub fn message(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            KeyNotFound => "Key not found",
+            TestFailed => "Compare failed",
+            NotFile => "Not a file",
+            NoMorePeer => "Reached the max number of peers in the cluster",
+            NotDir => "Not a directory",
+            NodeExist => "Key already exists",
+            KeyIsPreserved => "The prefix of given key is a keyword in etcd",
+            RootROnly => "Root is read only",
+            DirNotEmpty => "Directory not empty",
+            ExistingPeerAddr => "Peer address has existed",
+            Unauthorized => "The request requires user authentication",
+            ValueRequired => "Value is Required in POST form",
+            PrevValueRequired => "PrevValue is Required in POST form",
+            TTLNaN => "The given TTL in POST form is not a number",
+            IndexNaN => "The given index in POST form is not a number",
+            ValueOrTTLRequired => "Value or TTL is required in POST form",
+            TimeoutNaN => "The given timeout in POST form is not a number",
+            NameRequired => "Name is required in POST form",
+            IndexOrValueRequired => "Index or value is required",
+            IndexValueMutex => "Index and value cannot both be specified",
+            InvalidField => "Invalid field",
+            InvalidForm => "Invalid POST form",
+            RefreshValue => "Value provided on refresh",
+            RefreshTTLRequired => "A TTL must be provided on refresh",
+            RaftInternal => "Raft Internal Error",
+            LeaderElect => "During Leader Election",
+            WatcherCleared => "watcher is cleared due to etcd recovery",
+            EventIndexCleared => "The event in requested index is outdated and cleared",
+            StandbyInternal => "Standby Internal Error",
+            InvalidActiveSize => "Invalid active size",
+            InvalidRemoveDelay => "Standby remove delay",
+            ClientInternal => "Client Internal Error",
+        }
+    }
+
+    /// etcd's HTTP status for the code (400 unless listed).
+    pub fn http_status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            KeyNotFound => 404,
+            NotFile | DirNotEmpty => 403,
+            Unauthorized => 401,
+            TestFailed | NodeExist => 412,
+            RaftInternal | LeaderElect => 500,
+            _ => 400,
+        }
+    }
+}
+
+/// A v2 API error: etcd's `{"errorCode","message","cause","index"}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code_num}: {msg} ({cause}) [{index}]", code_num = *code as u32, msg = code.message())]
+pub struct Error {
+    /// The error code.
+    pub code: ErrorCode,
+    /// What the error is about (a key, a comparison, a parse failure).
+    pub cause: String,
+    /// The store index when the error happened.
+    pub index: u64,
+}
+
+#[derive(Serialize)]
+struct ErrorJson<'a> {
+    #[serde(rename = "errorCode")]
+    code: u32,
+    message: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    cause: &'a str,
+    index: u64,
+}
+
+impl Error {
+    /// A new error.
+    pub fn new(code: ErrorCode, cause: impl Into<String>, index: u64) -> Error {
+        Error {
+            code,
+            cause: cause.into(),
+            index,
+        }
+    }
+
+    /// etcd's message for the code.
+    pub fn message(&self) -> &'static str {
+        self.code.message()
+    }
+
+    /// The HTTP status of the response carrying this error.
+    pub fn http_status(&self) -> u16 {
+        self.code.http_status()
+    }
+
+    /// The JSON body etcd writes (without the trailing newline).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&ErrorJson {
+            code: self.code as u32,
+            message: self.message(),
+            cause: &self.cause,
+            index: self.index,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Removes a store namespace prefix from the cause (`/1/foo` → `/foo`).
+    pub fn trim_prefix(&mut self, prefix: &str) {
+        if let Some(rest) = self.cause.strip_prefix(prefix) {
+            self.cause = rest.to_string();
+        }
+    }
+}
+
+/// What an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    #[serde(rename = "get")]
+    Get,
+    #[serde(rename = "set")]
+    Set,
+    #[serde(rename = "create")]
+    Create,
+    #[serde(rename = "update")]
+    Update,
+    #[serde(rename = "delete")]
+    Delete,
+    #[serde(rename = "compareAndSwap")]
+    CompareAndSwap,
+    #[serde(rename = "compareAndDelete")]
+    CompareAndDelete,
+    #[serde(rename = "expire")]
+    Expire,
+}
+
+/// A node as the API shows it (etcd's `NodeExtern`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodeExtern {
+    /// Full key path.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    /// Value of a key (absent for directories).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Whether the node is a directory.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dir: bool,
+    /// When the node expires.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_time",
+        deserialize_with = "de_time"
+    )]
+    pub expiration: Option<SystemTime>,
+    /// Seconds left until expiry (rounded up).
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub ttl: i64,
+    /// Children of a directory, when listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<NodeExtern>>,
+    /// Index of the last change.
+    #[serde(rename = "modifiedIndex", default, skip_serializing_if = "is_zero_u64")]
+    pub modified_index: u64,
+    /// Index of the creation.
+    #[serde(rename = "createdIndex", default, skip_serializing_if = "is_zero_u64")]
+    pub created_index: u64,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
+}
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
+fn ser_time<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&crate::time::format_rfc3339_nano(*t)),
+        None => s.serialize_none(),
+    }
+}
+
+fn de_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    match s {
+        None => Ok(None),
+        Some(s) => crate::time::parse_rfc3339(&s)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("bad time {s:?}"))),
+    }
+}
+
+impl NodeExtern {
+    /// Removes a store namespace prefix from this node's key and its children's.
+    pub fn trim_prefix(&mut self, prefix: &str) {
+        if let Some(rest) = self.key.strip_prefix(prefix) {
+            self.key = rest.to_string();
+        }
+        if let Some(nodes) = &mut self.nodes {
+            for n in nodes {
+                n.trim_prefix(prefix);
+            }
+        }
+    }
+}
+
+/// The result of an operation, and what watchers receive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// What happened.
+    pub action: Action,
+    /// The node after the change (or the node read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeExtern>,
+    /// The node before the change.
+    #[serde(rename = "prevNode", default, skip_serializing_if = "Option::is_none")]
+    pub prev_node: Option<NodeExtern>,
+    /// Store index when the event was produced (the `X-Etcd-Index` header, not in the body).
+    #[serde(skip)]
+    pub etcd_index: u64,
+}
+
+impl Event {
+    /// Removes a store namespace prefix from every key in the event.
+    pub fn trim_prefix(&mut self, prefix: &str) {
+        if let Some(n) = &mut self.node {
+            n.trim_prefix(prefix);
+        }
+        if let Some(n) = &mut self.prev_node {
+            n.trim_prefix(prefix);
+        }
+    }
+
+    /// The index the event happened at (the node's modified index).
+    pub fn index(&self) -> u64 {
+        self.node.as_ref().map(|n| n.modified_index).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_json_matches_etcd() {
+        let e = Error::new(ErrorCode::KeyNotFound, "/foo", 3);
+        assert_eq!(
+            e.to_json(),
+            r#"{"errorCode":100,"message":"Key not found","cause":"/foo","index":3}"#
+        );
+        assert_eq!(e.http_status(), 404);
+        let e = Error::new(ErrorCode::RaftInternal, "", 0);
+        assert_eq!(
+            e.to_json(),
+            r#"{"errorCode":300,"message":"Raft Internal Error","index":0}"#
+        );
+        assert_eq!(ErrorCode::NodeExist.http_status(), 412);
+        assert_eq!(ErrorCode::TTLNaN.http_status(), 400);
+    }
+
+    #[test]
+    fn event_json_matches_etcd() {
+        let mut ev = Event {
+            action: Action::Set,
+            node: Some(NodeExtern {
+                key: "/1/message".into(),
+                value: Some("Hello world".into()),
+                modified_index: 4,
+                created_index: 4,
+                ..Default::default()
+            }),
+            prev_node: None,
+            etcd_index: 4,
+        };
+        ev.trim_prefix("/1");
+        assert_eq!(
+            serde_json::to_string(&ev).unwrap(),
+            r#"{"action":"set","node":{"key":"/message","value":"Hello world","modifiedIndex":4,"createdIndex":4}}"#
+        );
+        let back: Event = serde_json::from_str(&serde_json::to_string(&ev).unwrap()).unwrap();
+        assert_eq!(back.node, ev.node);
+    }
+}

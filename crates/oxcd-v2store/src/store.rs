@@ -1,0 +1,753 @@
+//! The store operations, with etcd v2's semantics and error causes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use oxcd_api::v2::{Action, Error, ErrorCode, Event, NodeExtern};
+use serde::{Deserialize, Serialize};
+
+use crate::history::EventHistory;
+use crate::node::{join, list_children, Node};
+use crate::watcher::{WatchOutcome, WatchSink, Watcher, WatcherHub, WatcherId};
+use crate::Result;
+
+/// TTL options of a write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TtlOptions {
+    /// Absolute expiry; `None` = permanent.
+    pub expire_time: Option<SystemTime>,
+    /// Refresh the TTL only: keep the value, do not wake watchers.
+    pub refresh: bool,
+}
+
+/// A snapshot that cannot be restored.
+#[derive(Debug, thiserror::Error)]
+#[error("v2store: cannot recover from snapshot: {0}")]
+pub struct RecoveryError(String);
+
+/// Expiries before this are treated as permanent (etcd's minimum expire time, 2000-01-01).
+fn min_expire_time() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(946_684_800)
+}
+
+#[derive(Default)]
+struct Stats {
+    gets_success: AtomicU64,
+    gets_fail: AtomicU64,
+    sets_success: AtomicU64,
+    sets_fail: AtomicU64,
+    delete_success: AtomicU64,
+    delete_fail: AtomicU64,
+    update_success: AtomicU64,
+    update_fail: AtomicU64,
+    create_success: AtomicU64,
+    create_fail: AtomicU64,
+    cas_success: AtomicU64,
+    cas_fail: AtomicU64,
+    cad_success: AtomicU64,
+    cad_fail: AtomicU64,
+    expire_count: AtomicU64,
+}
+
+fn count<T>(res: &Result<T>, ok: &AtomicU64, fail: &AtomicU64) {
+    match res {
+        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+        Err(_) => fail.fetch_add(1, Ordering::Relaxed),
+    };
+}
+
+/// The v2 store.
+pub struct Store {
+    root: Node,
+    index: u64,
+    /// (expiry, path) of every node with a TTL.
+    ttl: BTreeSet<(SystemTime, String)>,
+    history: EventHistory,
+    hub: WatcherHub,
+    stats: Stats,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    index: u64,
+    root: Node,
+}
+
+/// Go's `path.Clean(path.Join("/", p))`.
+fn clean(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+fn segments(path: &str) -> Vec<&str> {
+    path.split('/').filter(|s| !s.is_empty()).collect()
+}
+
+fn split(path: &str) -> (String, String) {
+    match path.rfind('/') {
+        Some(0) => ("/".to_string(), path[1..].to_string()),
+        Some(i) => (path[..i].to_string(), path[i + 1..].to_string()),
+        None => ("/".to_string(), path.to_string()),
+    }
+}
+
+impl Store {
+    /// A store with the given top-level directories (etcd: "/0" and "/1").
+    pub fn new(namespaces: &[&str]) -> Store {
+        let mut root = Node::new_dir(0, None);
+        if let Some(children) = root.children.as_mut() {
+            for ns in namespaces {
+                let name = ns.trim_start_matches('/');
+                children.insert(name.to_string(), Node::new_dir(0, None));
+            }
+        }
+        Store {
+            root,
+            index: 0,
+            ttl: BTreeSet::new(),
+            history: EventHistory::default(),
+            hub: WatcherHub::default(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Current store index.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    fn walk(&self, path: &str) -> Result<&Node> {
+        let mut node = &self.root;
+        let mut curr = "/".to_string();
+        for seg in segments(path) {
+            let Some(children) = &node.children else {
+                return Err(Error::new(ErrorCode::NotDir, curr, self.index));
+            };
+            match children.get(seg) {
+                Some(child) => node = child,
+                None => {
+                    return Err(Error::new(
+                        ErrorCode::KeyNotFound,
+                        join(&curr, seg),
+                        self.index,
+                    ))
+                }
+            }
+            curr = join(&curr, seg);
+        }
+        Ok(node)
+    }
+
+    fn walk_mut(&mut self, path: &str) -> Option<&mut Node> {
+        let mut node = &mut self.root;
+        for seg in segments(path) {
+            node = node.children.as_mut()?.get_mut(seg)?;
+        }
+        Some(node)
+    }
+
+    /// Reads a node.
+    pub fn get(&self, path: &str, recursive: bool, sorted: bool, now: SystemTime) -> Result<Event> {
+        let path = clean(path);
+        let res = self.walk(&path).map(|n| {
+            let mut ext = n.repr(&path, false, sorted, now);
+            if let Some(children) = &n.children {
+                let list = list_children(&path, children, recursive, sorted, now);
+                ext.nodes = if list.is_empty() { None } else { Some(list) };
+            }
+            Event {
+                action: Action::Get,
+                node: Some(ext),
+                prev_node: None,
+                etcd_index: self.index,
+            }
+        });
+        count(&res, &self.stats.gets_success, &self.stats.gets_fail);
+        res
+    }
+
+    fn notify(&mut self, event: Event, refresh: bool) -> Event {
+        let arc = Arc::new(event);
+        self.history.add(Arc::clone(&arc), refresh);
+        if !refresh {
+            self.hub.notify(&arc);
+        }
+        Arc::try_unwrap(arc).unwrap_or_else(|a| (*a).clone())
+    }
+
+    fn set_ttl(&mut self, path: &str, old: Option<SystemTime>, new: Option<SystemTime>) {
+        if let Some(t) = old {
+            self.ttl.remove(&(t, path.to_string()));
+        }
+        if let Some(t) = new {
+            self.ttl.insert((t, path.to_string()));
+        }
+    }
+
+    /// Removes the TTL entries of a subtree being deleted and offers the event to the
+    /// watchers of every removed path.
+    fn on_removed(&mut self, path: &str, node: &Node, event: &Arc<Event>) {
+        if let Some(children) = &node.children {
+            for (name, child) in children {
+                self.on_removed(&join(path, name), child, event);
+            }
+        }
+        if let Some(t) = node.expire {
+            self.ttl.remove(&(t, path.to_string()));
+        }
+        self.hub.notify_watchers(event, path, true);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn internal_create(
+        &mut self,
+        path: &str,
+        dir: bool,
+        value: &str,
+        unique: bool,
+        replace: bool,
+        expire: Option<SystemTime>,
+        action: Action,
+        now: SystemTime,
+    ) -> Result<Event> {
+        let curr = self.index + 1;
+        let mut path = path.to_string();
+        if unique {
+            path = format!("{path}/{curr:020}");
+        }
+        let path = clean(&path);
+        if path == "/" {
+            return Err(Error::new(ErrorCode::RootROnly, "/", self.index));
+        }
+        let expire = expire.filter(|t| *t >= min_expire_time());
+        let (dir_path, name) = split(&path);
+        // Walk to the parent, creating missing directories; a file on the way is an error.
+        let index = self.index;
+        let mut prev: Option<(NodeExtern, Option<SystemTime>)> = None;
+        {
+            let mut node = &mut self.root;
+            let mut walked = "/".to_string();
+            for seg in segments(&dir_path) {
+                walked = join(&walked, seg);
+                let children = node
+                    .children
+                    .as_mut()
+                    .expect("walk only enters directories");
+                let child = children
+                    .entry(seg.to_string())
+                    .or_insert_with(|| Node::new_dir(curr, None));
+                if !child.is_dir() {
+                    return Err(Error::new(ErrorCode::NotFile, walked, index));
+                }
+                node = child;
+            }
+            let children = node.children.as_mut().expect("parent is a directory");
+            if let Some(existing) = children.get(&name) {
+                if !replace {
+                    return Err(Error::new(ErrorCode::NodeExist, path, index));
+                }
+                if existing.is_dir() {
+                    return Err(Error::new(ErrorCode::NotFile, path, index));
+                }
+                prev = Some((existing.repr(&path, false, false, now), existing.expire));
+            }
+            let new = if dir {
+                Node::new_dir(curr, expire)
+            } else {
+                Node::new_file(value, curr, expire)
+            };
+            children.insert(name, new);
+        }
+        let prev_expire = prev.as_ref().and_then(|(_, e)| *e);
+        self.set_ttl(&path, prev_expire, expire);
+        self.index = curr;
+        let node = self.walk(&path).expect("just created");
+        let ext = node.repr(&path, false, false, now);
+        let ext = NodeExtern { nodes: None, ..ext };
+        Ok(Event {
+            action,
+            node: Some(ext),
+            prev_node: prev.map(|(p, _)| p),
+            etcd_index: curr,
+        })
+    }
+
+    /// Creates or replaces a key (or creates a directory).
+    pub fn set(
+        &mut self,
+        path: &str,
+        dir: bool,
+        value: &str,
+        ttl: TtlOptions,
+        now: SystemTime,
+    ) -> Result<Event> {
+        let res = self.set_inner(path, dir, value, ttl, now);
+        count(&res, &self.stats.sets_success, &self.stats.sets_fail);
+        res
+    }
+
+    fn set_inner(
+        &mut self,
+        path: &str,
+        dir: bool,
+        value: &str,
+        ttl: TtlOptions,
+        now: SystemTime,
+    ) -> Result<Event> {
+        let path = clean(path);
+        let existing = match self.walk(&path) {
+            Ok(n) => Some((n.value.clone(), n.created_index, n.modified_index, n.expire)),
+            Err(e) if e.code == ErrorCode::KeyNotFound => None,
+            Err(e) => return Err(e),
+        };
+        let mut value = value.to_string();
+        if ttl.refresh {
+            match &existing {
+                Some((v, ..)) => value = v.clone(),
+                None => {
+                    return Err(Error::new(ErrorCode::KeyNotFound, path, self.index));
+                }
+            }
+        }
+        let mut ev = self.internal_create(
+            &path,
+            dir,
+            &value,
+            false,
+            true,
+            ttl.expire_time,
+            Action::Set,
+            now,
+        )?;
+        if let Some((v, created, modified, expire)) = existing {
+            let prev = Node {
+                created_index: created,
+                modified_index: modified,
+                value: v,
+                expire,
+                children: None,
+            };
+            ev.prev_node = Some(prev.repr(&path, false, false, now));
+        }
+        ev.etcd_index = self.index;
+        Ok(self.notify(ev, ttl.refresh))
+    }
+
+    /// Creates a key or directory that must not exist; `unique` appends an in-order name.
+    pub fn create(
+        &mut self,
+        path: &str,
+        dir: bool,
+        value: &str,
+        unique: bool,
+        ttl: TtlOptions,
+        now: SystemTime,
+    ) -> Result<Event> {
+        let res = self
+            .internal_create(
+                path,
+                dir,
+                value,
+                unique,
+                false,
+                ttl.expire_time,
+                Action::Create,
+                now,
+            )
+            .map(|mut ev| {
+                ev.etcd_index = self.index;
+                self.notify(ev, false)
+            });
+        count(&res, &self.stats.create_success, &self.stats.create_fail);
+        res
+    }
+
+    /// Updates an existing node's value and/or TTL.
+    pub fn update(
+        &mut self,
+        path: &str,
+        value: &str,
+        ttl: TtlOptions,
+        now: SystemTime,
+    ) -> Result<Event> {
+        let res = self.update_inner(path, value, ttl, now);
+        count(&res, &self.stats.update_success, &self.stats.update_fail);
+        res
+    }
+
+    fn update_inner(
+        &mut self,
+        path: &str,
+        value: &str,
+        ttl: TtlOptions,
+        now: SystemTime,
+    ) -> Result<Event> {
+        let path = clean(path);
+        if path == "/" {
+            return Err(Error::new(ErrorCode::RootROnly, "/", self.index));
+        }
+        let node = self.walk(&path)?;
+        if node.is_dir() && !value.is_empty() {
+            return Err(Error::new(ErrorCode::NotFile, path, self.index));
+        }
+        let prev = node.repr(&path, false, false, now);
+        let old_expire = node.expire;
+        let next = self.index + 1;
+        let node = self.walk_mut(&path).expect("walked above");
+        if !node.is_dir() && !ttl.refresh {
+            node.value = value.to_string();
+        }
+        node.modified_index = next;
+        node.expire = ttl.expire_time;
+        let ext = NodeExtern {
+            nodes: None,
+            ..node.repr(&path, false, false, now)
+        };
+        self.set_ttl(&path, old_expire, ttl.expire_time);
+        self.index = next;
+        let ev = Event {
+            action: Action::Update,
+            node: Some(ext),
+            prev_node: Some(prev),
+            etcd_index: next,
+        };
+        Ok(self.notify(ev, ttl.refresh))
+    }
+
+    fn compare_fail_cause(node: &Node, prev_value: &str, prev_index: u64) -> Option<String> {
+        let index_ok = prev_index == 0 || node.modified_index == prev_index;
+        let value_ok = prev_value.is_empty() || node.value == prev_value;
+        match (value_ok, index_ok) {
+            (true, true) => None,
+            (true, false) => Some(format!("[{prev_index} != {}]", node.modified_index)),
+            (false, true) => Some(format!("[{prev_value} != {}]", node.value)),
+            (false, false) => Some(format!(
+                "[{prev_value} != {}] [{prev_index} != {}]",
+                node.value, node.modified_index
+            )),
+        }
+    }
+
+    /// Swaps a key's value if it matches `prev_value` and/or `prev_index`.
+    pub fn compare_and_swap(
+        &mut self,
+        path: &str,
+        prev_value: &str,
+        prev_index: u64,
+        value: &str,
+        ttl: TtlOptions,
+        now: SystemTime,
+    ) -> Result<Event> {
+        let res = self.cas_inner(path, prev_value, prev_index, value, ttl, now);
+        count(&res, &self.stats.cas_success, &self.stats.cas_fail);
+        res
+    }
+
+    fn cas_inner(
+        &mut self,
+        path: &str,
+        prev_value: &str,
+        prev_index: u64,
+        value: &str,
+        ttl: TtlOptions,
+        now: SystemTime,
+    ) -> Result<Event> {
+        let path = clean(path);
+        if path == "/" {
+            return Err(Error::new(ErrorCode::RootROnly, "/", self.index));
+        }
+        let node = self.walk(&path)?;
+        if node.is_dir() {
+            return Err(Error::new(ErrorCode::NotFile, path, self.index));
+        }
+        if let Some(cause) = Self::compare_fail_cause(node, prev_value, prev_index) {
+            return Err(Error::new(ErrorCode::TestFailed, cause, self.index));
+        }
+        let prev = node.repr(&path, false, false, now);
+        let old_expire = node.expire;
+        let next = self.index + 1;
+        let node = self.walk_mut(&path).expect("walked above");
+        if !ttl.refresh {
+            node.value = value.to_string();
+        }
+        node.modified_index = next;
+        node.expire = ttl.expire_time;
+        let ext = node.repr(&path, false, false, now);
+        self.set_ttl(&path, old_expire, ttl.expire_time);
+        self.index = next;
+        let ev = Event {
+            action: Action::CompareAndSwap,
+            node: Some(ext),
+            prev_node: Some(prev),
+            etcd_index: next,
+        };
+        Ok(self.notify(ev, ttl.refresh))
+    }
+
+    /// Removes a node from the tree and returns it.
+    fn detach(&mut self, path: &str) -> Option<Node> {
+        let (dir, name) = split(path);
+        self.walk_mut(&dir)?.children.as_mut()?.remove(&name)
+    }
+
+    /// Deletes a key, or a directory with `dir` (empty) or `recursive`.
+    pub fn delete(
+        &mut self,
+        path: &str,
+        dir: bool,
+        recursive: bool,
+        now: SystemTime,
+    ) -> Result<Event> {
+        let res = self.delete_inner(path, dir, recursive, now);
+        count(&res, &self.stats.delete_success, &self.stats.delete_fail);
+        res
+    }
+
+    fn delete_inner(
+        &mut self,
+        path: &str,
+        dir: bool,
+        recursive: bool,
+        now: SystemTime,
+    ) -> Result<Event> {
+        let path = clean(path);
+        if path == "/" {
+            return Err(Error::new(ErrorCode::RootROnly, "/", self.index));
+        }
+        let dir = dir || recursive;
+        let node = self.walk(&path)?;
+        if let Some(children) = &node.children {
+            if !dir {
+                return Err(Error::new(ErrorCode::NotFile, path, self.index));
+            }
+            if !children.is_empty() && !recursive {
+                return Err(Error::new(ErrorCode::DirNotEmpty, path, self.index));
+            }
+        }
+        let next = self.index + 1;
+        let ev = Event {
+            action: Action::Delete,
+            node: Some(NodeExtern {
+                key: path.clone(),
+                dir: node.is_dir(),
+                modified_index: next,
+                created_index: node.created_index,
+                ..Default::default()
+            }),
+            prev_node: Some(node.repr(&path, false, false, now)),
+            etcd_index: next,
+        };
+        Ok(self.remove_with_event(&path, ev))
+    }
+
+    fn remove_with_event(&mut self, path: &str, ev: Event) -> Event {
+        let arc = Arc::new(ev);
+        if let Some(node) = self.detach(path) {
+            self.on_removed(path, &node, &arc);
+        }
+        self.index = arc.etcd_index;
+        let ev = Arc::try_unwrap(arc).unwrap_or_else(|a| (*a).clone());
+        self.notify(ev, false)
+    }
+
+    /// Deletes a key if it matches `prev_value` and/or `prev_index`.
+    pub fn compare_and_delete(
+        &mut self,
+        path: &str,
+        prev_value: &str,
+        prev_index: u64,
+        now: SystemTime,
+    ) -> Result<Event> {
+        let res = self.cad_inner(path, prev_value, prev_index, now);
+        count(&res, &self.stats.cad_success, &self.stats.cad_fail);
+        res
+    }
+
+    fn cad_inner(
+        &mut self,
+        path: &str,
+        prev_value: &str,
+        prev_index: u64,
+        now: SystemTime,
+    ) -> Result<Event> {
+        let path = clean(path);
+        let node = self.walk(&path)?;
+        if node.is_dir() {
+            return Err(Error::new(ErrorCode::NotFile, path, self.index));
+        }
+        if let Some(cause) = Self::compare_fail_cause(node, prev_value, prev_index) {
+            return Err(Error::new(ErrorCode::TestFailed, cause, self.index));
+        }
+        let next = self.index + 1;
+        let ev = Event {
+            action: Action::CompareAndDelete,
+            node: Some(NodeExtern {
+                key: path.clone(),
+                modified_index: next,
+                created_index: node.created_index,
+                ..Default::default()
+            }),
+            prev_node: Some(node.repr(&path, false, false, now)),
+            etcd_index: next,
+        };
+        Ok(self.remove_with_event(&path, ev))
+    }
+
+    /// Watches `key` for changes from `since_index` (0 = the next change).
+    pub fn watch(
+        &mut self,
+        key: &str,
+        recursive: bool,
+        stream: bool,
+        since_index: u64,
+        sink: Box<dyn WatchSink>,
+    ) -> Result<WatchOutcome> {
+        let key = clean(key);
+        let since = if since_index == 0 {
+            self.index + 1
+        } else {
+            since_index
+        };
+        match self.history.scan(&key, recursive, since) {
+            Err(mut e) => {
+                e.index = self.index;
+                Err(e)
+            }
+            Ok(Some(ev)) => {
+                let mut ev = (*ev).clone();
+                ev.etcd_index = self.index;
+                Ok(WatchOutcome::Ready(Arc::new(ev)))
+            }
+            Ok(None) => {
+                let id = self.hub.add(
+                    key,
+                    Watcher {
+                        recursive,
+                        stream,
+                        since_index: since,
+                        sink,
+                    },
+                );
+                Ok(WatchOutcome::Registered {
+                    id,
+                    start_index: self.index,
+                })
+            }
+        }
+    }
+
+    /// Forgets a watcher (its client left). Idempotent.
+    pub fn remove_watcher(&mut self, id: WatcherId) {
+        self.hub.remove(id);
+    }
+
+    /// Expires every node whose expiry is at or before `cutoff`.
+    pub fn delete_expired_keys(&mut self, cutoff: SystemTime) {
+        loop {
+            let Some((t, path)) = self.ttl.first().cloned() else {
+                break;
+            };
+            if t > cutoff {
+                break;
+            }
+            self.ttl.remove(&(t, path.clone()));
+            let Ok(node) = self.walk(&path) else {
+                continue;
+            };
+            let next = self.index + 1;
+            let ev = Event {
+                action: Action::Expire,
+                node: Some(NodeExtern {
+                    key: path.clone(),
+                    dir: node.is_dir(),
+                    modified_index: next,
+                    created_index: node.created_index,
+                    ..Default::default()
+                }),
+                prev_node: Some(node.repr(&path, false, false, cutoff)),
+                etcd_index: next,
+            };
+            self.remove_with_event(&path, ev);
+            self.stats.expire_count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether any node has a TTL (the leader proposes SYNC only then).
+    pub fn has_ttl_keys(&self) -> bool {
+        !self.ttl.is_empty()
+    }
+
+    /// The state for a snapshot: index and tree (not watchers, not the history).
+    pub fn save(&self) -> Vec<u8> {
+        serde_json::to_vec(&SavedRef {
+            index: self.index,
+            root: &self.root,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Replaces the state with a snapshot's. Watchers stay registered.
+    pub fn recovery(&mut self, state: &[u8]) -> std::result::Result<(), RecoveryError> {
+        let saved: Saved =
+            serde_json::from_slice(state).map_err(|e| RecoveryError(e.to_string()))?;
+        if !saved.root.is_dir() {
+            return Err(RecoveryError("root is not a directory".into()));
+        }
+        let mut ttl = BTreeSet::new();
+        collect_ttl("/", &saved.root, &mut ttl);
+        self.root = saved.root;
+        self.index = saved.index;
+        self.ttl = ttl;
+        self.history = EventHistory::default();
+        Ok(())
+    }
+
+    /// Body of `/v2/stats/store`.
+    pub fn json_stats(&self) -> Vec<u8> {
+        let s = &self.stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "{{\"getsSuccess\":{},\"getsFail\":{},\"setsSuccess\":{},\"setsFail\":{},\"deleteSuccess\":{},\"deleteFail\":{},\"updateSuccess\":{},\"updateFail\":{},\"createSuccess\":{},\"createFail\":{},\"compareAndSwapSuccess\":{},\"compareAndSwapFail\":{},\"compareAndDeleteSuccess\":{},\"compareAndDeleteFail\":{},\"expireCount\":{},\"watchers\":{}}}",
+            l(&s.gets_success), l(&s.gets_fail), l(&s.sets_success), l(&s.sets_fail),
+            l(&s.delete_success), l(&s.delete_fail), l(&s.update_success), l(&s.update_fail),
+            l(&s.create_success), l(&s.create_fail), l(&s.cas_success), l(&s.cas_fail),
+            l(&s.cad_success), l(&s.cad_fail), l(&s.expire_count), self.hub.count()
+        )
+        .into_bytes()
+    }
+}
+
+#[derive(Serialize)]
+struct SavedRef<'a> {
+    index: u64,
+    root: &'a Node,
+}
+
+fn collect_ttl(path: &str, node: &Node, out: &mut BTreeSet<(SystemTime, String)>) {
+    if let Some(t) = node.expire {
+        out.insert((t, path.to_string()));
+    }
+    if let Some(children) = &node.children {
+        for (name, child) in children {
+            collect_ttl(&join(path, name), child, out);
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Store>();
+    let _ = BTreeMap::<u8, u8>::new();
+}

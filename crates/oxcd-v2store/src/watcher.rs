@@ -1,0 +1,121 @@
+//! Watchers: who waits for changes under which key, and how they are woken.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use oxcd_api::v2::Event;
+
+/// Where a watcher's events go (the server wraps a bounded channel).
+pub trait WatchSink: Send + Sync {
+    /// Delivers an event; false when the buffer is full or the receiver is gone, which
+    /// removes the watcher (a watcher must never block the store).
+    fn try_send(&self, event: Arc<Event>) -> bool;
+}
+
+/// Identifies a registered watcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WatcherId(pub u64);
+
+/// The result of a watch request.
+pub enum WatchOutcome {
+    /// A matching event was already in the history.
+    Ready(Arc<Event>),
+    /// Registered; events arrive through the sink.
+    Registered { id: WatcherId, start_index: u64 },
+}
+
+pub struct Watcher {
+    pub recursive: bool,
+    pub stream: bool,
+    pub since_index: u64,
+    pub sink: Box<dyn WatchSink>,
+}
+
+/// Watchers by watched path.
+#[derive(Default)]
+pub struct WatcherHub {
+    by_path: HashMap<String, Vec<(WatcherId, Watcher)>>,
+    paths: HashMap<WatcherId, String>,
+    next_id: u64,
+}
+
+impl WatcherHub {
+    pub fn count(&self) -> usize {
+        self.paths.len()
+    }
+
+    pub fn add(&mut self, path: String, w: Watcher) -> WatcherId {
+        self.next_id += 1;
+        let id = WatcherId(self.next_id);
+        self.paths.insert(id, path.clone());
+        self.by_path.entry(path).or_default().push((id, w));
+        id
+    }
+
+    pub fn remove(&mut self, id: WatcherId) {
+        if let Some(path) = self.paths.remove(&id) {
+            if let Some(list) = self.by_path.get_mut(&path) {
+                list.retain(|(wid, _)| *wid != id);
+                if list.is_empty() {
+                    self.by_path.remove(&path);
+                }
+            }
+        }
+    }
+
+    /// Offers `event` to the watchers of `node_path`; `deleted` when that path itself
+    /// disappeared as part of the event (a deleted directory's children).
+    pub fn notify_watchers(&mut self, event: &Arc<Event>, node_path: &str, deleted: bool) {
+        let Some(list) = self.by_path.get_mut(node_path) else {
+            return;
+        };
+        let key = event.node.as_ref().map(|n| n.key.as_str()).unwrap_or("");
+        let original = key == node_path;
+        if !original && is_hidden(node_path, key) {
+            return;
+        }
+        let index = event.index();
+        let mut removed = Vec::new();
+        list.retain(|(id, w)| {
+            if (w.recursive || original || deleted) && index >= w.since_index {
+                let delivered = w.sink.try_send(Arc::clone(event));
+                if !delivered || !w.stream {
+                    removed.push(*id);
+                    return false;
+                }
+            }
+            true
+        });
+        if list.is_empty() {
+            self.by_path.remove(node_path);
+        }
+        for id in removed {
+            self.paths.remove(&id);
+        }
+    }
+
+    /// Offers `event` to watchers of its key and of every parent directory.
+    pub fn notify(&mut self, event: &Arc<Event>) {
+        let key = event
+            .node
+            .as_ref()
+            .map(|n| n.key.clone())
+            .unwrap_or_default();
+        self.notify_watchers(event, "/", false);
+        let mut curr = String::new();
+        for seg in key.split('/').filter(|s| !s.is_empty()) {
+            curr.push('/');
+            curr.push_str(seg);
+            self.notify_watchers(event, &curr, false);
+        }
+    }
+}
+
+/// Whether `key_path` is hidden from a watcher of `watch_path` (a `_` segment below it).
+fn is_hidden(watch_path: &str, key_path: &str) -> bool {
+    if watch_path.len() > key_path.len() {
+        return false;
+    }
+    let after = format!("/{}", key_path.get(watch_path.len()..).unwrap_or(""));
+    after.contains("/_")
+}
