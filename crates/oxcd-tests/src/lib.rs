@@ -1,1 +1,271 @@
-//! oxcd-tests
+//! Test harness: starts real `etcd` and `oxcd` processes on free loopback ports and talks to
+//! them over HTTP, so the same script can be sent to both and the answers compared.
+//!
+//! Owns process lifetime (killed on drop, SIGKILL), port allocation, a small HTTP client
+//! (ureq) and the normalisation that makes two servers' answers comparable: absolute
+//! indexes become offsets from the index the server had when the script started, and
+//! expiration timestamps are masked.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Path of Debian's etcd server, the oracle.
+pub const ETCD: &str = "/usr/bin/etcd";
+
+/// A free loopback port (bound then released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates a unique directory under the system temp dir.
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "oxcd-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One running member (etcd or oxcd), killed on drop.
+pub struct Member {
+    child: Option<Child>,
+    /// Client URL (`http://127.0.0.1:P`).
+    pub client_url: String,
+    /// Data and log directory.
+    pub dir: TempDir,
+    binary: PathBuf,
+    args: Vec<String>,
+}
+
+impl Member {
+    /// Starts a one-member cluster of `binary` with etcd's flags (plus `extra`) and waits
+    /// until it serves.
+    pub fn start(binary: &Path, extra: &[&str]) -> Member {
+        let dir = TempDir::new("member");
+        let (cp, pp) = (free_port(), free_port());
+        let client = format!("http://127.0.0.1:{cp}");
+        let peer = format!("http://127.0.0.1:{pp}");
+        let mut args: Vec<String> = [
+            "--name",
+            "default",
+            "--data-dir",
+            &dir.0.join("data").to_string_lossy(),
+            "--enable-v2=true",
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("default={peer}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut m = Member {
+            child: None,
+            client_url: client,
+            dir,
+            binary: binary.to_path_buf(),
+            args,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.0.join("server.log")).expect("log file");
+        let child = Command::new(&self.binary)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Waits until a write goes through (a leader exists and the API serves).
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = ureq::get(&format!("{}/health", self.client_url))
+                .timeout(Duration::from_secs(2))
+                .call()
+            {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{} did not become ready; log:\n{}",
+            self.binary.display(),
+            self.log()
+        );
+    }
+
+    /// The member's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("server.log")).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Kills the process with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the process again on the same data dir and ports.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub etcd_index: Option<u64>,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl Reply {
+    /// The body as JSON (Null if it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// Sends one request; `form` becomes an `application/x-www-form-urlencoded` body.
+pub fn request(base: &str, method: &str, path: &str, form: Option<&str>) -> Reply {
+    let agent = ureq::AgentBuilder::new()
+        .redirects(0)
+        .timeout(Duration::from_secs(30))
+        .build();
+    let req = agent.request(method, &format!("{base}{path}"));
+    let res = match form {
+        Some(f) => req
+            .set("Content-Type", "application/x-www-form-urlencoded")
+            .send_string(f),
+        None => req.call(),
+    };
+    let resp = match res {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {path}: transport error {e}"),
+    };
+    let status = resp.status();
+    let etcd_index = resp.header("X-Etcd-Index").and_then(|v| v.parse().ok());
+    let content_type = resp.header("Content-Type").unwrap_or("").to_string();
+    let body = resp.into_string().unwrap_or_default();
+    Reply {
+        status,
+        etcd_index,
+        content_type,
+        body,
+    }
+}
+
+/// Rewrites absolute indexes as offsets from `base` and masks timestamps, in place.
+pub fn normalize(v: &mut Value, base: u64) {
+    match v {
+        Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                match k.as_str() {
+                    "modifiedIndex" | "createdIndex" | "index" => {
+                        if let Some(n) = val.as_u64() {
+                            *val = Value::from(n as i64 - base as i64);
+                        }
+                    }
+                    "expiration" => *val = Value::from("<time>"),
+                    "key" => {
+                        if let Some(s) = val.as_str() {
+                            *val = Value::from(normalize_key(s, base));
+                        }
+                    }
+                    _ => normalize(val, base),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for i in items {
+                normalize(i, base);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// In-order keys are 20-digit createdIndexes: make them relative too.
+fn normalize_key(key: &str, base: u64) -> String {
+    key.split('/')
+        .map(|seg| {
+            if seg.len() == 20 && seg.bytes().all(|b| b.is_ascii_digit()) {
+                let n: u64 = seg.parse().unwrap_or(0);
+                format!("<seq{}>", n as i64 - base as i64)
+            } else {
+                seg.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// A normalized reply, comparable across servers.
+pub fn normalized(reply: &Reply, base: u64) -> (u16, Option<i64>, String, Value) {
+    let mut body = reply.json();
+    if body.is_null() {
+        body = Value::from(reply.body.clone());
+    }
+    normalize(&mut body, base);
+    (
+        reply.status,
+        reply.etcd_index.map(|i| i as i64 - base as i64),
+        reply.content_type.clone(),
+        body,
+    )
+}

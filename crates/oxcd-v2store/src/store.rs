@@ -67,6 +67,8 @@ pub struct Store {
     history: EventHistory,
     hub: WatcherHub,
     stats: Stats,
+    /// The root and the namespace directories: no operation may change them.
+    readonly: BTreeSet<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -119,6 +121,9 @@ impl Store {
             history: EventHistory::default(),
             hub: WatcherHub::default(),
             stats: Stats::default(),
+            readonly: std::iter::once("/".to_string())
+                .chain(namespaces.iter().map(|ns| clean(ns)))
+                .collect(),
         }
     }
 
@@ -227,7 +232,7 @@ impl Store {
             path = format!("{path}/{curr:020}");
         }
         let path = clean(&path);
-        if path == "/" {
+        if self.readonly.contains(&path) {
             return Err(Error::new(ErrorCode::RootROnly, "/", self.index));
         }
         let expire = expire.filter(|t| *t >= min_expire_time());
@@ -394,7 +399,7 @@ impl Store {
         now: SystemTime,
     ) -> Result<Event> {
         let path = clean(path);
-        if path == "/" {
+        if self.readonly.contains(&path) {
             return Err(Error::new(ErrorCode::RootROnly, "/", self.index));
         }
         let node = self.walk(&path)?;
@@ -464,7 +469,7 @@ impl Store {
         now: SystemTime,
     ) -> Result<Event> {
         let path = clean(path);
-        if path == "/" {
+        if self.readonly.contains(&path) {
             return Err(Error::new(ErrorCode::RootROnly, "/", self.index));
         }
         let node = self.walk(&path)?;
@@ -522,7 +527,7 @@ impl Store {
         now: SystemTime,
     ) -> Result<Event> {
         let path = clean(path);
-        if path == "/" {
+        if self.readonly.contains(&path) {
             return Err(Error::new(ErrorCode::RootROnly, "/", self.index));
         }
         let dir = dir || recursive;

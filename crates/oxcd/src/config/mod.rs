@@ -644,7 +644,21 @@ mod tests {
         assert!(run(&["--listen-client-urls", "http://127.0.0.1:1"], &[]).is_err());
         assert!(run(&["--election-timeout", "100"], &[]).is_err());
         assert!(run(&["--initial-cluster-state", "bogus"], &[]).is_err());
-        assert!(run(&["--name", "x"], &[]).is_err());
+        // As in etcd, --initial-cluster defaults from --name and the advertised peer URLs.
+        assert_eq!(
+            run(&["--name", "x"], &[]).unwrap().initial_cluster[0].0,
+            "x"
+        );
+        assert!(run(
+            &[
+                "--name",
+                "x",
+                "--initial-cluster",
+                "y=http://localhost:2380"
+            ],
+            &[]
+        )
+        .is_err());
         assert!(run(&["--name"], &[]).is_err());
     }
 }

@@ -1,0 +1,226 @@
+//! Differential tests of the v2 keys API: every request goes to a fresh Debian etcd 3.4
+//! (`--enable-v2=true`) and a fresh oxcd; status, normalized JSON body, Content-Type and
+//! `X-Etcd-Index` must match (indexes relative to each server's index at the start).
+
+use std::path::Path;
+use std::time::Duration;
+
+use oxcd_tests::{normalized, request, Member, Reply, ETCD};
+
+struct Pair {
+    etcd: Member,
+    oxcd: Member,
+    etcd_base: u64,
+    oxcd_base: u64,
+    mismatches: Vec<String>,
+}
+
+fn base_index(m: &Member) -> u64 {
+    request(&m.client_url, "GET", "/v2/keys/", None)
+        .etcd_index
+        .expect("X-Etcd-Index on GET /v2/keys/")
+}
+
+impl Pair {
+    fn new() -> Pair {
+        assert!(
+            Path::new(ETCD).exists(),
+            "Debian etcd-server is required: apt-get install etcd-server etcd-client"
+        );
+        let etcd = Member::start(Path::new(ETCD), &[]);
+        let oxcd = Member::start(Path::new(env!("CARGO_BIN_EXE_oxcd")), &[]);
+        let (etcd_base, oxcd_base) = (base_index(&etcd), base_index(&oxcd));
+        Pair {
+            etcd,
+            oxcd,
+            etcd_base,
+            oxcd_base,
+            mismatches: Vec::new(),
+        }
+    }
+
+    /// Sends a request to both; `{n}` in the path is replaced by base+n for each server.
+    fn check(&mut self, method: &str, path: &str, form: Option<&str>) {
+        let pe = templ(path, self.etcd_base);
+        let po = templ(path, self.oxcd_base);
+        let e = request(&self.etcd.client_url, method, &pe, form);
+        let o = request(&self.oxcd.client_url, method, &po, form);
+        self.compare(method, path, form, &e, &o);
+    }
+
+    fn compare(&mut self, method: &str, path: &str, form: Option<&str>, e: &Reply, o: &Reply) {
+        let ne = normalized(e, self.etcd_base);
+        let no = normalized(o, self.oxcd_base);
+        if ne != no {
+            self.mismatches.push(format!(
+                "{method} {path} {form:?}\n  etcd: {ne:?}\n  oxcd: {no:?}"
+            ));
+        }
+    }
+
+    fn finish(self) {
+        assert!(
+            self.mismatches.is_empty(),
+            "{} mismatches:\n{}",
+            self.mismatches.len(),
+            self.mismatches.join("\n")
+        );
+    }
+}
+
+fn templ(path: &str, base: u64) -> String {
+    let mut out = path.to_string();
+    while let Some(start) = out.find('{') {
+        let end = out[start..]
+            .find('}')
+            .map(|e| e + start)
+            .expect("closing brace");
+        let n: u64 = out[start + 1..end].parse().expect("number in braces");
+        out.replace_range(start..=end, &(base + n).to_string());
+    }
+    out
+}
+
+type Step = (&'static str, &'static str, Option<&'static str>);
+
+fn run(steps: &[Step]) {
+    let mut p = Pair::new();
+    for (m, path, form) in steps {
+        p.check(m, path, *form);
+    }
+    p.finish();
+}
+
+#[test]
+fn keys_set_get_create_update_delete() {
+    run(&[
+        ("PUT", "/v2/keys/message", Some("value=Hello world")),
+        ("GET", "/v2/keys/message", None),
+        ("PUT", "/v2/keys/message", Some("value=Hello etcd")),
+        ("GET", "/v2/keys/nope", None),
+        ("PUT", "/v2/keys/message?prevExist=false", Some("value=x")),
+        ("PUT", "/v2/keys/new?prevExist=true", Some("value=x")),
+        ("PUT", "/v2/keys/new?prevExist=false", Some("value=x")),
+        ("PUT", "/v2/keys/new?prevExist=true", Some("value=y")),
+        ("PUT", "/v2/keys/new?prevValue=y", Some("value=z")),
+        ("PUT", "/v2/keys/new?prevValue=nope", Some("value=z")),
+        ("PUT", "/v2/keys/new?prevIndex=1", Some("value=z")),
+        (
+            "PUT",
+            "/v2/keys/new?prevIndex=1&prevValue=nope",
+            Some("value=z"),
+        ),
+        ("PUT", "/v2/keys/new?prevIndex={5}", Some("value=w")),
+        ("DELETE", "/v2/keys/new?prevValue=nope", None),
+        ("DELETE", "/v2/keys/new?prevValue=w", None),
+        ("DELETE", "/v2/keys/message", None),
+        ("DELETE", "/v2/keys/message", None),
+        ("GET", "/v2/keys/message", None),
+        ("PUT", "/v2/keys/a/b/c", Some("value=deep")),
+        ("GET", "/v2/keys/a/b/c/d", None),
+        ("PUT", "/v2/keys/a/b/c/d", Some("value=x")),
+        ("GET", "/v2/keys/a?recursive=true&sorted=true", None),
+        ("DELETE", "/v2/keys/a", None),
+        ("DELETE", "/v2/keys/a?dir=true", None),
+        ("DELETE", "/v2/keys/a?recursive=true", None),
+        ("GET", "/v2/keys/?recursive=true", None),
+        ("PUT", "/v2/keys/x", Some("value=1&noValueOnSuccess=true")),
+        ("HEAD", "/v2/keys/x", None),
+        ("GET", "/v2/keys/x?quorum=true", None),
+    ]);
+}
+
+#[test]
+fn directories_in_order_keys_hidden_keys() {
+    run(&[
+        ("PUT", "/v2/keys/dir", Some("dir=true")),
+        ("PUT", "/v2/keys/dir", Some("dir=true")),
+        ("PUT", "/v2/keys/dir", Some("value=x")),
+        ("PUT", "/v2/keys/dir?prevExist=true", Some("value=x")),
+        ("GET", "/v2/keys/dir", None),
+        ("POST", "/v2/keys/queue", Some("value=Job1")),
+        ("POST", "/v2/keys/queue", Some("value=Job2")),
+        ("GET", "/v2/keys/queue?recursive=true&sorted=true", None),
+        ("PUT", "/v2/keys/_hidden", Some("value=secret")),
+        ("PUT", "/v2/keys/visible", Some("value=open")),
+        ("GET", "/v2/keys/?sorted=true", None),
+        ("GET", "/v2/keys/_hidden", None),
+        ("DELETE", "/v2/keys/dir", None),
+        ("DELETE", "/v2/keys/dir?dir=true", None),
+        ("DELETE", "/v2/keys/queue?dir=true", None),
+        ("DELETE", "/v2/keys/", None),
+        ("PUT", "/v2/keys/", Some("value=x")),
+        ("PUT", "/v2/keys/visible/child", Some("value=x")),
+    ]);
+}
+
+#[test]
+fn bad_parameters_get_etcds_error_codes() {
+    run(&[
+        ("PUT", "/v2/keys/k?ttl=abc", Some("value=x")),
+        ("PUT", "/v2/keys/k?ttl=-1", Some("value=x")),
+        ("PUT", "/v2/keys/k?prevIndex=abc", Some("value=x")),
+        ("GET", "/v2/keys/k?waitIndex=abc&wait=true", None),
+        ("GET", "/v2/keys/k?recursive=maybe", None),
+        ("PUT", "/v2/keys/k?prevValue=", Some("value=x")),
+        ("PUT", "/v2/keys/k?prevExist=maybe", Some("value=x")),
+        ("PUT", "/v2/keys/k?wait=true", Some("value=x")),
+        ("PUT", "/v2/keys/k?refresh=true", Some("value=x&ttl=5")),
+        ("PUT", "/v2/keys/k?refresh=true", None),
+        ("PUT", "/v2/keys/k?a=%zz", Some("value=x")),
+        ("PATCH", "/v2/keys/k", Some("value=x")),
+        ("GET", "/v2/nothing", None),
+        ("GET", "/v2/keys//a", None),
+    ]);
+}
+
+#[test]
+fn ttl_refresh_and_expiry() {
+    let mut p = Pair::new();
+    p.check("PUT", "/v2/keys/t", Some("value=v&ttl=100"));
+    p.check("GET", "/v2/keys/t", None);
+    p.check(
+        "PUT",
+        "/v2/keys/t?refresh=true&prevExist=true",
+        Some("ttl=200"),
+    );
+    p.check("PUT", "/v2/keys/t?prevExist=true", Some("value=v&ttl="));
+    p.check("GET", "/v2/keys/t", None);
+    p.check("PUT", "/v2/keys/tdir?dir=true&ttl=100", None);
+    p.check("PUT", "/v2/keys/tdir?dir=true&prevExist=true&ttl=200", None);
+    p.check("PUT", "/v2/keys/gone", Some("value=v&ttl=1"));
+    std::thread::sleep(Duration::from_millis(2600));
+    p.check("GET", "/v2/keys/gone", None);
+    // The expire event is in the history.
+    p.check("GET", "/v2/keys/gone?wait=true&waitIndex={7}", None);
+    p.finish();
+}
+
+#[test]
+fn watches_long_poll_and_history() {
+    let mut p = Pair::new();
+    p.check("PUT", "/v2/keys/w", Some("value=1"));
+    p.check("PUT", "/v2/keys/w", Some("value=2"));
+    p.check("GET", "/v2/keys/w?wait=true&waitIndex={1}", None);
+    p.check(
+        "GET",
+        "/v2/keys/?wait=true&recursive=true&waitIndex={2}",
+        None,
+    );
+    // Long poll: both wait, then one write wakes both.
+    let (eu, ou) = (p.etcd.client_url.clone(), p.oxcd.client_url.clone());
+    let we = std::thread::spawn(move || request(&eu, "GET", "/v2/keys/w?wait=true", None));
+    let wo = std::thread::spawn(move || request(&ou, "GET", "/v2/keys/w?wait=true", None));
+    std::thread::sleep(Duration::from_millis(500));
+    p.check("PUT", "/v2/keys/w", Some("value=3"));
+    let (e, o) = (we.join().unwrap(), wo.join().unwrap());
+    p.compare("GET", "/v2/keys/w?wait=true (long poll)", None, &e, &o);
+    // Overflow the 1000-event history: the oldest index is cleared (401).
+    for i in 0..1010 {
+        let f = format!("value={i}");
+        request(&p.etcd.client_url, "PUT", "/v2/keys/many", Some(&f));
+        request(&p.oxcd.client_url, "PUT", "/v2/keys/many", Some(&f));
+    }
+    p.check("GET", "/v2/keys/w?wait=true&waitIndex={1}", None);
+    p.finish();
+}
