@@ -659,10 +659,7 @@ impl Store {
 
     /// Expires every node whose expiry is at or before `cutoff`.
     pub fn delete_expired_keys(&mut self, cutoff: SystemTime) {
-        loop {
-            let Some((t, path)) = self.ttl.first().cloned() else {
-                break;
-            };
+        while let Some((t, path)) = self.ttl.first().cloned() {
             if t > cutoff {
                 break;
             }

@@ -14,6 +14,10 @@
 //! - many proposals are stepped before one `Ready` is taken, so one persist (one fsync once
 //!   the WAL is in) covers the whole batch.
 
+// raft-rs's protobuf messages are built field by field after `default()`: they carry private
+// bookkeeping fields that struct literals cannot name.
+#![allow(clippy::field_reassign_with_default)]
+
 pub mod logger;
 pub mod node;
 pub mod storage;

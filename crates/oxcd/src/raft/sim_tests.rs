@@ -45,8 +45,11 @@ impl Transport for Outbox {
     }
 }
 
+/// Applied (index, data) pairs.
+type Applied = Vec<(u64, Vec<u8>)>;
+
 #[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<(u64, Vec<u8>)>>>);
+struct Log(Arc<Mutex<Applied>>);
 
 impl Applier for Log {
     fn apply_entries(&mut self, entries: &[Entry]) {
