@@ -269,3 +269,6 @@ pub fn normalized(reply: &Reply, base: u64) -> (u16, Option<i64>, String, Value)
         body,
     )
 }
+
+/// The HTTP client, re-exported for tests that stream.
+pub use ureq;

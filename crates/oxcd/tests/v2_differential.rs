@@ -224,3 +224,89 @@ fn watches_long_poll_and_history() {
     p.check("GET", "/v2/keys/w?wait=true&waitIndex={1}", None);
     p.finish();
 }
+
+/// Reads `n` event lines of a `stream=true` watch.
+fn stream_lines(base: String, path: String, n: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let resp = oxcd_tests::ureq::get(&format!("{base}{path}"))
+        .timeout(Duration::from_secs(10))
+        .call()
+        .expect("stream watch");
+    let mut reader = std::io::BufReader::new(resp.into_reader());
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        out.push(line);
+    }
+    out
+}
+
+#[test]
+fn stream_watch_delivers_every_event() {
+    let mut p = Pair::new();
+    let (eu, ou) = (p.etcd.client_url.clone(), p.oxcd.client_url.clone());
+    let path = "/v2/keys/s?wait=true&stream=true&recursive=true".to_string();
+    let (pe, po) = (path.clone(), path.clone());
+    let we = std::thread::spawn(move || stream_lines(eu, pe, 3));
+    let wo = std::thread::spawn(move || stream_lines(ou, po, 3));
+    std::thread::sleep(Duration::from_millis(500));
+    p.check("PUT", "/v2/keys/s/a", Some("value=1"));
+    p.check("PUT", "/v2/keys/s/b", Some("value=2"));
+    p.check("DELETE", "/v2/keys/s/a", None);
+    let (e, o) = (we.join().unwrap(), wo.join().unwrap());
+    assert_eq!(e.len(), 3, "etcd sent {e:?}");
+    let norm = |lines: &[String], base: u64| -> Vec<serde_json::Value> {
+        lines
+            .iter()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+                oxcd_tests::normalize(&mut v, base);
+                v
+            })
+            .collect()
+    };
+    assert_eq!(norm(&e, p.etcd_base), norm(&o, p.oxcd_base));
+    p.finish();
+}
+
+#[test]
+fn metrics_and_stats_endpoints() {
+    let mut p = Pair::new();
+    p.check("PUT", "/v2/keys/m", Some("value=1"));
+    p.check("GET", "/v2/keys/m", None);
+    let o = request(&p.oxcd.client_url, "GET", "/metrics", None);
+    assert_eq!(o.status, 200);
+    for name in [
+        "etcd_http_received_total",
+        "etcd_http_successful_duration_seconds_bucket",
+        "etcd_server_proposals_committed_total",
+        "etcd_server_proposals_applied_total",
+        "etcd_server_proposals_pending",
+        "etcd_server_leader_changes_seen_total",
+        "etcd_server_has_leader 1",
+    ] {
+        assert!(o.body.contains(name), "/metrics lacks {name}");
+    }
+    // Same keys as etcd in /v2/stats/self and /v2/stats/store, /version, /v2/stats/leader.
+    for path in [
+        "/v2/stats/self",
+        "/v2/stats/store",
+        "/version",
+        "/v2/stats/leader",
+    ] {
+        let e = request(&p.etcd.client_url, "GET", path, None).json();
+        let o = request(&p.oxcd.client_url, "GET", path, None).json();
+        let keys = |v: &serde_json::Value| -> Vec<String> {
+            v.as_object()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(keys(&e), keys(&o), "{path}: {e} vs {o}");
+    }
+    p.check("GET", "/health", None);
+    p.check("POST", "/version", None);
+    p.finish();
+}
