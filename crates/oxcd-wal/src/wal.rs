@@ -1,0 +1,554 @@
+//! Segment files: create, open (read then append), save, cut, purge.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::record::{self, Entry, HardState, SnapshotMarker};
+use crate::{io_err, Error, Result};
+
+/// Cut to a new file once the current one passes this size (etcd: 64 MB).
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
+/// Record header: len u32, type u8, crc u32.
+const HEADER: usize = 9;
+
+/// What a WAL holds after the snapshot it was opened at.
+#[derive(Debug, Default)]
+pub struct WalContents {
+    /// The metadata written at creation.
+    pub metadata: Vec<u8>,
+    /// The last hard state.
+    pub hard_state: HardState,
+    /// Entries after the snapshot index, later writes winning over earlier ones.
+    pub entries: Vec<Entry>,
+    /// Where a torn tail was cut off, if one was (to log).
+    pub repaired: Option<String>,
+}
+
+/// A WAL open for appending.
+pub struct Wal {
+    dir: PathBuf,
+    file: File,
+    seq: u64,
+    crc: u32,
+    size: u64,
+    segment_size: u64,
+    last_index: u64,
+    metadata: Vec<u8>,
+    hard_state: HardState,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+fn file_name(seq: u64, index: u64) -> String {
+    format!("{seq:016x}-{index:016x}.wal")
+}
+
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(".wal")?;
+    let (a, b) = stem.split_once('-')?;
+    if a.len() != 16 || b.len() != 16 {
+        return None;
+    }
+    Some((
+        u64::from_str_radix(a, 16).ok()?,
+        u64::from_str_radix(b, 16).ok()?,
+    ))
+}
+
+/// WAL files in `dir` as (seq, first index, path), by seq.
+fn list(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_err(format!("read dir {}", dir.display()))(e)),
+    };
+    for ent in rd {
+        let ent = ent.map_err(io_err(format!("read dir {}", dir.display())))?;
+        if let Some((seq, index)) = ent.file_name().to_str().and_then(parse_name) {
+            out.push((seq, index, ent.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("sync dir {}", dir.display())))
+}
+
+fn push_record(buf: &mut Vec<u8>, crc: &mut u32, typ: u8, payload: &[u8]) {
+    let c = if typ == record::CRC {
+        *crc
+    } else {
+        *crc = crc32c::crc32c_append(*crc, payload);
+        *crc
+    };
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.push(typ);
+    buf.extend_from_slice(&c.to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+/// The records every file starts with: the chained crc, metadata, the hard state.
+fn file_head(crc: &mut u32, metadata: &[u8], hs: &HardState) -> Vec<u8> {
+    let mut buf = Vec::new();
+    push_record(&mut buf, crc, record::CRC, &crc.to_le_bytes());
+    push_record(&mut buf, crc, record::METADATA, metadata);
+    let mut p = Vec::new();
+    hs.encode_into(&mut p);
+    push_record(&mut buf, crc, record::STATE, &p);
+    buf
+}
+
+impl Wal {
+    /// Whether `dir` holds a WAL.
+    pub fn exists(dir: &Path) -> bool {
+        list(dir).map(|l| !l.is_empty()).unwrap_or(false)
+    }
+
+    /// Creates a new WAL atomically: written in a temp dir, synced, renamed into place.
+    pub fn create(dir: &Path, metadata: &[u8], segment_size: u64) -> Result<Wal> {
+        if Self::exists(dir) {
+            return Err(Error::Exists(dir.display().to_string()));
+        }
+        let tmp = dir.with_extension("tmp");
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+        let name = file_name(0, 0);
+        let mut crc = 0;
+        let mut buf = file_head(&mut crc, metadata, &HardState::default());
+        let mut p = Vec::new();
+        SnapshotMarker::default().encode_into(&mut p);
+        push_record(&mut buf, &mut crc, record::SNAPSHOT, &p);
+        let path = tmp.join(&name);
+        let mut f = File::create(&path).map_err(io_err(format!("create {}", path.display())))?;
+        f.write_all(&buf)
+            .and_then(|_| f.sync_all())
+            .map_err(io_err(format!("write {}", path.display())))?;
+        sync_dir(&tmp)?;
+        let _ = fs::remove_dir(dir); // an empty directory may stand where the WAL goes
+        fs::rename(&tmp, dir).map_err(io_err(format!("rename {} into place", tmp.display())))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+        let path = dir.join(&name);
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(format!("open {}", path.display())))?;
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            file,
+            seq: 0,
+            crc,
+            size: buf.len() as u64,
+            segment_size,
+            last_index: 0,
+            metadata: metadata.to_vec(),
+            hard_state: HardState::default(),
+            buf: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Reads the WAL from the snapshot marker `snap` on, repairs a torn tail of the last
+    /// file, and returns the WAL switched to append mode with what it held.
+    pub fn open(dir: &Path, snap: SnapshotMarker, segment_size: u64) -> Result<(Wal, WalContents)> {
+        let files = list(dir)?;
+        if files.is_empty() {
+            return Err(Error::NotFound(dir.display().to_string()));
+        }
+        for w in files.windows(2) {
+            if w[1].0 != w[0].0 + 1 {
+                return Err(Error::Corrupt {
+                    file: w[1].2.display().to_string(),
+                    offset: 0,
+                    reason: format!("sequence gap after file {}", w[0].0),
+                });
+            }
+        }
+        let start = files.iter().rposition(|f| f.1 <= snap.index).unwrap_or(0);
+        let selected = &files[start..];
+        let mut out = WalContents::default();
+        let mut crc: Option<u32> = None;
+        let mut found_snap = snap.index == 0;
+        let mut last_len = 0u64;
+        for (i, (_, _, path)) in selected.iter().enumerate() {
+            let is_last = i + 1 == selected.len();
+            let mut data = Vec::new();
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut data))
+                .map_err(io_err(format!("read {}", path.display())))?;
+            let corrupt = |offset: usize, reason: &str| Error::Corrupt {
+                file: path.display().to_string(),
+                offset: offset as u64,
+                reason: reason.to_string(),
+            };
+            let mut off = 0usize;
+            let mut torn_at: Option<usize> = None;
+            while off < data.len() {
+                let rest = &data[off..];
+                if rest.len() < HEADER || rest.iter().all(|&b| b == 0) {
+                    torn_at = Some(off);
+                    break;
+                }
+                let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+                let typ = rest[4];
+                let rec_crc = u32::from_le_bytes(rest[5..9].try_into().expect("4 bytes"));
+                if rest.len() < HEADER + len {
+                    torn_at = Some(off);
+                    break;
+                }
+                let payload = &rest[HEADER..HEADER + len];
+                let ends_file = off + HEADER + len == data.len();
+                if typ == record::CRC {
+                    let Some(prev) = record::Reader(payload).u32() else {
+                        return Err(corrupt(off, "bad crc record"));
+                    };
+                    if let Some(c) = crc {
+                        if c != prev {
+                            return Err(corrupt(off, "crc chain broken between files"));
+                        }
+                    }
+                    crc = Some(prev);
+                } else {
+                    let computed = crc32c::crc32c_append(crc.unwrap_or(0), payload);
+                    if computed != rec_crc {
+                        if is_last && ends_file {
+                            torn_at = Some(off);
+                            break;
+                        }
+                        return Err(corrupt(off, "crc mismatch"));
+                    }
+                    crc = Some(computed);
+                    match typ {
+                        record::METADATA => {
+                            if !out.metadata.is_empty() && out.metadata != payload {
+                                return Err(corrupt(off, "metadata differs between files"));
+                            }
+                            out.metadata = payload.to_vec();
+                        }
+                        record::ENTRY => {
+                            let e =
+                                Entry::decode(payload).ok_or_else(|| corrupt(off, "bad entry"))?;
+                            if e.index > snap.index {
+                                let first = snap.index + 1;
+                                let keep = (e.index - first) as usize;
+                                if keep > out.entries.len() {
+                                    return Err(corrupt(off, "entry index gap"));
+                                }
+                                out.entries.truncate(keep);
+                                out.entries.push(e);
+                            }
+                        }
+                        record::STATE => {
+                            out.hard_state = HardState::decode(payload)
+                                .ok_or_else(|| corrupt(off, "bad state"))?;
+                        }
+                        record::SNAPSHOT => {
+                            let m = SnapshotMarker::decode(payload)
+                                .ok_or_else(|| corrupt(off, "bad snapshot marker"))?;
+                            if m == snap {
+                                found_snap = true;
+                            }
+                        }
+                        _ => return Err(corrupt(off, "unknown record type")),
+                    }
+                }
+                off += HEADER + len;
+            }
+            if let Some(at) = torn_at {
+                if !is_last {
+                    return Err(corrupt(at, "torn record before the last file"));
+                }
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io_err(format!("open {}", path.display())))?;
+                f.set_len(at as u64)
+                    .and_then(|_| f.sync_all())
+                    .map_err(io_err(format!("truncate {}", path.display())))?;
+                if at < data.len() && !data[at..].iter().all(|&b| b == 0) {
+                    out.repaired = Some(format!("{} at offset {at}", path.display()));
+                }
+                last_len = at as u64;
+            } else {
+                last_len = data.len() as u64;
+            }
+        }
+        if !found_snap {
+            return Err(Error::SnapshotNotFound {
+                index: snap.index,
+                term: snap.term,
+            });
+        }
+        let (seq, _, path) = files.last().expect("non-empty").clone();
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(format!("open {}", path.display())))?;
+        let last_index = out.entries.last().map(|e| e.index).unwrap_or(snap.index);
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            file,
+            seq,
+            crc: crc.unwrap_or(0),
+            size: last_len,
+            segment_size,
+            last_index,
+            metadata: out.metadata.clone(),
+            hard_state: out.hard_state,
+            buf: Vec::new(),
+            scratch: Vec::new(),
+        };
+        Ok((wal, out))
+    }
+
+    /// Appends one Ready's entries and hard state: one write, one fdatasync.
+    pub fn save(&mut self, hard_state: Option<&HardState>, entries: &[Entry]) -> Result<()> {
+        if hard_state.is_none() && entries.is_empty() {
+            return Ok(());
+        }
+        self.buf.clear();
+        for e in entries {
+            self.scratch.clear();
+            e.encode_into(&mut self.scratch);
+            push_record(&mut self.buf, &mut self.crc, record::ENTRY, &self.scratch);
+            self.last_index = e.index;
+        }
+        if let Some(hs) = hard_state {
+            self.scratch.clear();
+            hs.encode_into(&mut self.scratch);
+            push_record(&mut self.buf, &mut self.crc, record::STATE, &self.scratch);
+            self.hard_state = *hs;
+        }
+        self.write_buf()?;
+        if self.size >= self.segment_size {
+            self.cut()?;
+        }
+        Ok(())
+    }
+
+    /// Records that a snapshot was taken at `marker`.
+    pub fn save_snapshot(&mut self, marker: SnapshotMarker) -> Result<()> {
+        self.buf.clear();
+        self.scratch.clear();
+        marker.encode_into(&mut self.scratch);
+        push_record(
+            &mut self.buf,
+            &mut self.crc,
+            record::SNAPSHOT,
+            &self.scratch,
+        );
+        self.last_index = self.last_index.max(marker.index);
+        self.write_buf()
+    }
+
+    fn write_buf(&mut self) -> Result<()> {
+        let ctx = || format!("append to {}", self.dir.display());
+        self.file.write_all(&self.buf).map_err(io_err(ctx()))?;
+        self.file.sync_data().map_err(io_err(ctx()))?;
+        self.size += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// Starts the next segment file; it is durable (file and directory synced) before use.
+    fn cut(&mut self) -> Result<()> {
+        let seq = self.seq + 1;
+        let name = file_name(seq, self.last_index + 1);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let head = file_head(&mut self.crc, &self.metadata, &self.hard_state);
+        let mut f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+        f.write_all(&head)
+            .and_then(|_| f.sync_all())
+            .map_err(io_err(format!("write {}", tmp.display())))?;
+        let path = self.dir.join(&name);
+        fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", tmp.display())))?;
+        sync_dir(&self.dir)?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(format!("open {}", path.display())))?;
+        self.seq = seq;
+        self.size = head.len() as u64;
+        Ok(())
+    }
+
+    /// Deletes the oldest files that hold only entries at or before `snapshot_index`, while
+    /// more than `max_files` remain (0 = keep all). Returns how many were removed.
+    pub fn purge(&self, snapshot_index: u64, max_files: usize) -> Result<usize> {
+        if max_files == 0 {
+            return Ok(0);
+        }
+        let files = list(&self.dir)?;
+        let mut removed = 0;
+        for i in 0..files.len().saturating_sub(1) {
+            if files.len() - removed <= max_files {
+                break;
+            }
+            // File i is fully covered when the next file starts at or before the snapshot.
+            if files[i + 1].1 > snapshot_index + 1 || files[i].0 == self.seq {
+                break;
+            }
+            fs::remove_file(&files[i].2)
+                .map_err(io_err(format!("remove {}", files[i].2.display())))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Index of the last entry written.
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("oxcd-wal-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            term,
+            index,
+            entry_type: 0,
+            data: format!("data-{index}").into_bytes(),
+            context: Vec::new(),
+        }
+    }
+
+    fn hs(commit: u64) -> HardState {
+        HardState {
+            term: 1,
+            vote: 1,
+            commit,
+        }
+    }
+
+    #[test]
+    fn round_trip_with_overwrite() {
+        let d = dir("rt");
+        let mut w = Wal::create(&d, b"meta", DEFAULT_SEGMENT_SIZE).unwrap();
+        w.save(Some(&hs(2)), &[entry(1, 1), entry(2, 1), entry(3, 1)])
+            .unwrap();
+        w.save(Some(&hs(3)), &[entry(3, 2), entry(4, 2)]).unwrap();
+        drop(w);
+        let (_, c) = Wal::open(&d, SnapshotMarker::default(), DEFAULT_SEGMENT_SIZE).unwrap();
+        assert_eq!(c.metadata, b"meta");
+        assert_eq!(c.hard_state, hs(3));
+        let got: Vec<(u64, u64)> = c.entries.iter().map(|e| (e.index, e.term)).collect();
+        assert_eq!(got, vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
+        assert!(c.repaired.is_none());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn crc_chain_across_cuts_and_purge() {
+        let d = dir("cut");
+        let mut w = Wal::create(&d, b"m", 200).unwrap();
+        for i in 1..=50 {
+            w.save(Some(&hs(i)), &[entry(i, 1)]).unwrap();
+        }
+        let n = list(&d).unwrap().len();
+        assert!(n > 5, "small segments cut often: {n}");
+        w.save_snapshot(SnapshotMarker { index: 40, term: 1 })
+            .unwrap();
+        let removed = w.purge(40, 3).unwrap();
+        assert!(removed > 0);
+        drop(w);
+        let (mut w, c) = Wal::open(&d, SnapshotMarker { index: 40, term: 1 }, 200).unwrap();
+        let idx: Vec<u64> = c.entries.iter().map(|e| e.index).collect();
+        assert_eq!(idx, (41..=50).collect::<Vec<_>>());
+        w.save(None, &[entry(51, 1)]).unwrap();
+        drop(w);
+        let (_, c) = Wal::open(&d, SnapshotMarker { index: 40, term: 1 }, 200).unwrap();
+        assert_eq!(c.entries.last().unwrap().index, 51);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn torn_tail_at_every_offset_is_repaired() {
+        let d = dir("torn");
+        let mut w = Wal::create(&d, b"m", DEFAULT_SEGMENT_SIZE).unwrap();
+        w.save(Some(&hs(1)), &[entry(1, 1)]).unwrap();
+        let good = w.size;
+        // The last record alone: every cut inside it tears exactly this record.
+        w.save(None, &[entry(2, 1)]).unwrap();
+        let full = w.size;
+        drop(w);
+        let path = list(&d).unwrap()[0].2.clone();
+        let bytes = fs::read(&path).unwrap();
+        for cut in good..full {
+            fs::write(&path, &bytes[..cut as usize]).unwrap();
+            let (mut w, c) =
+                Wal::open(&d, SnapshotMarker::default(), DEFAULT_SEGMENT_SIZE).unwrap();
+            assert_eq!(c.entries.len(), 1, "cut at {cut}");
+            assert_eq!(c.hard_state, hs(1));
+            w.save(None, &[entry(2, 1)]).unwrap();
+            drop(w);
+            let (_, c) = Wal::open(&d, SnapshotMarker::default(), DEFAULT_SEGMENT_SIZE).unwrap();
+            assert_eq!(c.entries.len(), 2, "append after repair at {cut}");
+        }
+        // A zeroed tail (preallocation) is not data.
+        let mut z = bytes.clone();
+        z.extend_from_slice(&[0u8; 64]);
+        fs::write(&path, &z).unwrap();
+        let (_, c) = Wal::open(&d, SnapshotMarker::default(), DEFAULT_SEGMENT_SIZE).unwrap();
+        assert_eq!(c.entries.len(), 2);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn flipped_bit_in_the_middle_is_refused_with_file_and_offset() {
+        let d = dir("flip");
+        let mut w = Wal::create(&d, b"m", DEFAULT_SEGMENT_SIZE).unwrap();
+        for i in 1..=5 {
+            w.save(Some(&hs(i)), &[entry(i, 1)]).unwrap();
+        }
+        drop(w);
+        let path = list(&d).unwrap()[0].2.clone();
+        let mut bytes = fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x10;
+        fs::write(&path, &bytes).unwrap();
+        let err = Wal::open(&d, SnapshotMarker::default(), DEFAULT_SEGMENT_SIZE)
+            .err()
+            .unwrap();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("corrupt record") && msg.contains(".wal at offset"),
+            "{msg}"
+        );
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn missing_snapshot_marker_is_an_error() {
+        let d = dir("snap");
+        let mut w = Wal::create(&d, b"m", DEFAULT_SEGMENT_SIZE).unwrap();
+        w.save(Some(&hs(1)), &[entry(1, 1)]).unwrap();
+        drop(w);
+        let err = Wal::open(
+            &d,
+            SnapshotMarker { index: 1, term: 1 },
+            DEFAULT_SEGMENT_SIZE,
+        )
+        .err();
+        assert!(matches!(err, Some(Error::SnapshotNotFound { .. })));
+        assert!(matches!(
+            Wal::create(&d, b"m", DEFAULT_SEGMENT_SIZE).err(),
+            Some(Error::Exists(_))
+        ));
+        let _ = fs::remove_dir_all(&d);
+    }
+}
