@@ -105,6 +105,8 @@ pub fn from_config(cfg: &crate::config::ServerConfig) -> (ServerOptions, Listene
         election_timeout: cfg.election_timeout,
         max_request_bytes: cfg.max_request_bytes,
         snapshot_count: cfg.snapshot_count,
+        data_dir: cfg.data_dir.clone(),
+        wal_dir: cfg.wal_dir.clone(),
     };
     let listeners = Listeners {
         client: addrs(&cfg.listen_client_urls),

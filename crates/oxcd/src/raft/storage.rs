@@ -11,7 +11,7 @@
 //! - `entries` is contiguous and starts right after `snapshot.metadata.index`;
 //! - the log is only compacted up to an index that is applied and covered by a snapshot.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use raft::prelude::*;
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -65,6 +65,34 @@ impl LogCore {
 #[derive(Clone, Default)]
 pub struct RaftStorage {
     core: Arc<RwLock<LogCore>>,
+    /// The write-ahead log; `None` for memory-only members (tests).
+    wal: Arc<Mutex<Option<oxcd_wal::Wal>>>,
+}
+
+/// Converts a raft entry to the WAL's plain entry.
+pub fn to_wal_entry(e: &Entry) -> oxcd_wal::Entry {
+    oxcd_wal::Entry {
+        term: e.term,
+        index: e.index,
+        entry_type: e.get_entry_type() as i32,
+        data: e.data.to_vec(),
+        context: e.context.to_vec(),
+    }
+}
+
+/// Converts a WAL entry back to a raft entry.
+pub fn from_wal_entry(e: oxcd_wal::Entry) -> Entry {
+    let mut out = Entry::default();
+    out.term = e.term;
+    out.index = e.index;
+    out.set_entry_type(match e.entry_type {
+        1 => EntryType::EntryConfChange,
+        2 => EntryType::EntryConfChangeV2,
+        _ => EntryType::EntryNormal,
+    });
+    out.data = e.data.into();
+    out.context = e.context.into();
+    out
 }
 
 impl RaftStorage {
@@ -107,6 +135,27 @@ impl RaftStorage {
             let first = core.first_index();
             core.entries = entries.into_iter().filter(|e| e.index >= first).collect();
             core.hard_state = hard_state;
+            // Without a snapshot the voters come from the configuration changes in the log.
+            if core.conf_state.voters.is_empty() {
+                let mut voters: Vec<u64> = Vec::new();
+                for e in &core.entries {
+                    if e.get_entry_type() != EntryType::EntryConfChange {
+                        continue;
+                    }
+                    if let Ok(cc) = <ConfChange as protobuf::Message>::parse_from_bytes(&e.data) {
+                        match cc.get_change_type() {
+                            ConfChangeType::AddNode => {
+                                if !voters.contains(&cc.node_id) {
+                                    voters.push(cc.node_id);
+                                }
+                            }
+                            ConfChangeType::RemoveNode => voters.retain(|v| *v != cc.node_id),
+                            ConfChangeType::AddLearnerNode => {}
+                        }
+                    }
+                }
+                core.conf_state.voters = voters;
+            }
         }
         s
     }
@@ -119,14 +168,34 @@ impl RaftStorage {
         self.core.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes a Ready's snapshot, entries and HardState visible to raft (after the caller made
-    /// them durable), in that order.
+    /// Attaches the write-ahead log that `persist` writes through.
+    pub fn attach_wal(&self, wal: oxcd_wal::Wal) {
+        *self.wal.lock().unwrap_or_else(|e| e.into_inner()) = Some(wal);
+    }
+
+    /// Makes a Ready's snapshot, entries and HardState durable (one WAL write and fdatasync)
+    /// and then visible to raft, in that order.
     pub fn persist(
         &mut self,
         snapshot: Option<&Snapshot>,
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> raft::Result<()> {
+        if let Some(wal) = self.wal.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let hs = hard_state.map(|h| oxcd_wal::HardState {
+                term: h.term,
+                vote: h.vote,
+                commit: h.commit,
+            });
+            let ents: Vec<oxcd_wal::Entry> = entries.iter().map(to_wal_entry).collect();
+            let started = std::time::Instant::now();
+            wal.save(hs.as_ref(), &ents)
+                .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
+            let took = started.elapsed();
+            if took > std::time::Duration::from_secs(1) {
+                tracing::warn!(took_ms = took.as_millis() as u64, "wal: slow fdatasync");
+            }
+        }
         let mut core = self.wl();
         if let Some(snap) = snapshot {
             let meta = snap.get_metadata();

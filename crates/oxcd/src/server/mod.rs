@@ -213,6 +213,10 @@ pub struct ServerOptions {
     pub max_request_bytes: usize,
     /// `--snapshot-count`.
     pub snapshot_count: u64,
+    /// `--data-dir`.
+    pub data_dir: std::path::PathBuf,
+    /// `--wal-dir` (default `<data-dir>/member/wal`).
+    pub wal_dir: Option<std::path::PathBuf>,
 }
 
 /// Errors that stop a member from starting.
@@ -225,6 +229,116 @@ pub enum BootstrapError {
     /// raft-rs refused the configuration.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    /// The WAL could not be created or read.
+    #[error("{0}")]
+    Wal(#[from] oxcd_wal::Error),
+    /// The data dir belongs to another member or cluster.
+    #[error("data dir {dir} belongs to member {found_member} of cluster {found_cluster}, not to member {member} of cluster {cluster} (check --name, --initial-advertise-peer-urls, --initial-cluster-token)")]
+    IdentityMismatch {
+        dir: String,
+        member: String,
+        cluster: String,
+        found_member: String,
+        found_cluster: String,
+    },
+    /// Creating the data directory failed.
+    #[error("cannot create data dir {0}: {1}")]
+    DataDir(String, std::io::Error),
+}
+
+/// WAL metadata: member ID and cluster ID, 8 bytes each, big-endian.
+fn wal_metadata(member: u64, cluster: u64) -> Vec<u8> {
+    let mut m = member.to_be_bytes().to_vec();
+    m.extend_from_slice(&cluster.to_be_bytes());
+    m
+}
+
+/// Opens (restart) or creates (new member) the WAL and the log storage over it.
+fn open_storage(
+    opts: &ServerOptions,
+    cluster: &Cluster,
+    me: &Member,
+) -> Result<crate::raft::storage::RaftStorage, BootstrapError> {
+    use crate::raft::storage::{bootstrap_entries, from_wal_entry, to_wal_entry, RaftStorage};
+    let member_dir = opts.data_dir.join("member");
+    let wal_dir = opts
+        .wal_dir
+        .clone()
+        .unwrap_or_else(|| member_dir.join("wal"));
+    for d in [
+        member_dir.join("snap"),
+        wal_dir
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default(),
+    ] {
+        if !d.as_os_str().is_empty() {
+            std::fs::create_dir_all(&d)
+                .map_err(|e| BootstrapError::DataDir(d.display().to_string(), e))?;
+        }
+    }
+    let seg = oxcd_wal::DEFAULT_SEGMENT_SIZE;
+    if oxcd_wal::Wal::exists(&wal_dir) {
+        let started = std::time::Instant::now();
+        let (wal, contents) =
+            oxcd_wal::Wal::open(&wal_dir, oxcd_wal::SnapshotMarker::default(), seg)?;
+        if let Some(where_) = &contents.repaired {
+            tracing::warn!(at = %where_, "wal: torn tail truncated (crash during a write)");
+        }
+        let want = wal_metadata(me.id, cluster.id);
+        if contents.metadata != want {
+            let field = |m: &[u8], i: usize| {
+                m.get(i * 8..i * 8 + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(|b| crate::membership::id_to_string(u64::from_be_bytes(b)))
+                    .unwrap_or_else(|| "?".into())
+            };
+            return Err(BootstrapError::IdentityMismatch {
+                dir: opts.data_dir.display().to_string(),
+                member: crate::membership::id_to_string(me.id),
+                cluster: crate::membership::id_to_string(cluster.id),
+                found_member: field(&contents.metadata, 0),
+                found_cluster: field(&contents.metadata, 1),
+            });
+        }
+        let n = contents.entries.len();
+        let hs = contents.hard_state;
+        let raft_hs = raft::prelude::HardState {
+            term: hs.term,
+            vote: hs.vote,
+            commit: hs.commit,
+            ..Default::default()
+        };
+        let entries = contents.entries.into_iter().map(from_wal_entry).collect();
+        let storage = RaftStorage::restore(None, raft_hs, entries);
+        storage.attach_wal(wal);
+        tracing::info!(
+            entries = n,
+            commit = hs.commit,
+            took_ms = started.elapsed().as_millis() as u64,
+            wal = %wal_dir.display(),
+            "wal: recovered log, replaying committed entries"
+        );
+        return Ok(storage);
+    }
+    let bootstrap: Vec<(u64, Vec<u8>)> = cluster
+        .members
+        .iter()
+        .map(|m| (m.id, serde_json::to_vec(m).expect("member encodes")))
+        .collect();
+    let mut wal = oxcd_wal::Wal::create(&wal_dir, &wal_metadata(me.id, cluster.id), seg)?;
+    let entries = bootstrap_entries(&bootstrap);
+    let hs = oxcd_wal::HardState {
+        term: 1,
+        vote: 0,
+        commit: entries.len() as u64,
+    };
+    let wal_entries: Vec<oxcd_wal::Entry> = entries.iter().map(to_wal_entry).collect();
+    wal.save(Some(&hs), &wal_entries)?;
+    tracing::info!(wal = %wal_dir.display(), "wal: created for a new member");
+    let storage = RaftStorage::new_bootstrap(&bootstrap);
+    storage.attach_wal(wal);
+    Ok(storage)
 }
 
 /// Builds the shared state and starts the raft thread for a new cluster.
@@ -251,15 +365,7 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         cluster_id: cluster.id,
         start_time: SystemTime::now(),
     });
-    let bootstrap: Vec<(u64, Vec<u8>)> = cluster
-        .members
-        .iter()
-        .map(|m| {
-            let ctx = serde_json::to_vec(m).expect("member encodes");
-            (m.id, ctx)
-        })
-        .collect();
-    let storage = crate::raft::storage::RaftStorage::new_bootstrap(&bootstrap);
+    let storage = open_storage(opts, &cluster, &me)?;
     let tick = opts.heartbeat.max(Duration::from_millis(1));
     let election_ticks = (opts.election_timeout.as_millis() / tick.as_millis().max(1)) as usize;
     let cfg = crate::raft::RaftConfig {
