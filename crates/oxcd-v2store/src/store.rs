@@ -406,28 +406,7 @@ impl Store {
         if node.is_dir() && !value.is_empty() {
             return Err(Error::new(ErrorCode::NotFile, path, self.index));
         }
-        let prev = node.repr(&path, false, false, now);
-        let old_expire = node.expire;
-        let next = self.index + 1;
-        let node = self.walk_mut(&path).expect("walked above");
-        if !node.is_dir() && !ttl.refresh {
-            node.value = value.to_string();
-        }
-        node.modified_index = next;
-        node.expire = ttl.expire_time;
-        let ext = NodeExtern {
-            nodes: None,
-            ..node.repr(&path, false, false, now)
-        };
-        self.set_ttl(&path, old_expire, ttl.expire_time);
-        self.index = next;
-        let ev = Event {
-            action: Action::Update,
-            node: Some(ext),
-            prev_node: Some(prev),
-            etcd_index: next,
-        };
-        Ok(self.notify(ev, ttl.refresh))
+        Ok(self.rewrite(&path, Action::Update, value, ttl, now))
     }
 
     fn compare_fail_cause(node: &Node, prev_value: &str, prev_index: u64) -> Option<String> {
@@ -479,25 +458,38 @@ impl Store {
         if let Some(cause) = Self::compare_fail_cause(node, prev_value, prev_index) {
             return Err(Error::new(ErrorCode::TestFailed, cause, self.index));
         }
-        let prev = node.repr(&path, false, false, now);
-        let old_expire = node.expire;
+        Ok(self.rewrite(&path, Action::CompareAndSwap, value, ttl, now))
+    }
+
+    /// Writes a new value (unless refreshing) and expiry into an existing node at the next
+    /// index, and records and announces the change (update and compare-and-swap).
+    fn rewrite(
+        &mut self,
+        path: &str,
+        action: Action,
+        value: &str,
+        ttl: TtlOptions,
+        now: SystemTime,
+    ) -> Event {
         let next = self.index + 1;
-        let node = self.walk_mut(&path).expect("walked above");
-        if !ttl.refresh {
+        let node = self.walk_mut(path).expect("callers walked to the node");
+        let prev = node.repr(path, false, false, now);
+        let old_expire = node.expire;
+        if !node.is_dir() && !ttl.refresh {
             node.value = value.to_string();
         }
         node.modified_index = next;
         node.expire = ttl.expire_time;
-        let ext = node.repr(&path, false, false, now);
-        self.set_ttl(&path, old_expire, ttl.expire_time);
+        let ext = node.repr(path, false, false, now);
+        self.set_ttl(path, old_expire, ttl.expire_time);
         self.index = next;
         let ev = Event {
-            action: Action::CompareAndSwap,
+            action,
             node: Some(ext),
             prev_node: Some(prev),
             etcd_index: next,
         };
-        Ok(self.notify(ev, ttl.refresh))
+        self.notify(ev, ttl.refresh)
     }
 
     /// Removes a node from the tree and returns it.

@@ -173,14 +173,7 @@ pub fn members(server: &EtcdServer, method: &Method, path: &str) -> Response<Res
             .members
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        let render = |m: &crate::membership::Member| {
-            json!({
-                "id": id_to_string(m.id),
-                "name": m.name,
-                "peerURLs": m.peer_urls,
-                "clientURLs": m.client_urls,
-            })
-        };
+        let render = member_json;
         match rest {
             "" => {
                 let list: Vec<_> = members.values().map(render).collect();
@@ -214,22 +207,22 @@ pub fn peer_members(server: &EtcdServer, method: &Method) -> Response<RespBody> 
         .members
         .read()
         .unwrap_or_else(|e| e.into_inner());
-    let list: Vec<_> = members
-        .values()
-        .map(|m| {
-            json!({
-                "id": id_to_string(m.id),
-                "name": m.name,
-                "peerURLs": m.peer_urls,
-                "clientURLs": m.client_urls,
-            })
-        })
-        .collect();
+    let list: Vec<_> = members.values().map(member_json).collect();
     let mut resp = json_response(format!("{}\n", serde_json::Value::Array(list)));
     if let Ok(v) = HeaderValue::from_str(&id_to_string(server.shared.cluster_id)) {
         resp.headers_mut().insert("X-Etcd-Cluster-Id", v);
     }
     resp
+}
+
+/// A member as etcd's members API shows it.
+fn member_json(m: &crate::membership::Member) -> serde_json::Value {
+    json!({
+        "id": id_to_string(m.id),
+        "name": m.name,
+        "peerURLs": m.peer_urls,
+        "clientURLs": m.client_urls,
+    })
 }
 
 /// etcd's `HTTPError`: `{"message":"..."}` with a status.
