@@ -26,9 +26,11 @@
 //! - a bad record anywhere else is corruption: `open` refuses with the file and offset.
 
 mod record;
+mod snap;
 mod wal;
 
 pub use record::{Entry, HardState, SnapshotMarker};
+pub use snap::{Snapshot, Snapshotter};
 pub use wal::{Wal, WalContents, DEFAULT_SEGMENT_SIZE};
 
 /// Errors of the WAL layer.

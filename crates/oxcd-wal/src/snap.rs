@@ -1,0 +1,199 @@
+//! Snapshot files: `{term:016x}-{index:016x}.snap`, written atomically, checked by CRC.
+//!
+//! Format: `crc32c u32 | term u64 | index u64 | voters (u32 count, u64 each) |
+//! learners (same) | data (u32 length, bytes)`, little-endian; the CRC covers everything
+//! after it. A file that fails its check is renamed `.broken` and the next older one is used.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::record::Reader;
+use crate::{io_err, Result};
+
+/// A snapshot of the replicated state at `index`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    pub term: u64,
+    pub index: u64,
+    /// Voters of the configuration at `index`.
+    pub voters: Vec<u64>,
+    /// Learners of the configuration at `index`.
+    pub learners: Vec<u64>,
+    /// The state machine's serialized state.
+    pub data: Vec<u8>,
+}
+
+fn encode(s: &Snapshot) -> Vec<u8> {
+    let mut p = Vec::with_capacity(s.data.len() + 64);
+    p.extend_from_slice(&s.term.to_le_bytes());
+    p.extend_from_slice(&s.index.to_le_bytes());
+    for list in [&s.voters, &s.learners] {
+        p.extend_from_slice(&(list.len() as u32).to_le_bytes());
+        for id in list {
+            p.extend_from_slice(&id.to_le_bytes());
+        }
+    }
+    p.extend_from_slice(&(s.data.len() as u32).to_le_bytes());
+    p.extend_from_slice(&s.data);
+    let mut out = crc32c::crc32c(&p).to_le_bytes().to_vec();
+    out.extend_from_slice(&p);
+    out
+}
+
+fn decode(b: &[u8]) -> Option<Snapshot> {
+    let mut r = Reader(b);
+    let crc = r.u32()?;
+    if crc32c::crc32c(r.0) != crc {
+        return None;
+    }
+    let term = r.u64()?;
+    let index = r.u64()?;
+    let mut lists = [Vec::new(), Vec::new()];
+    for list in lists.iter_mut() {
+        let n = r.u32()? as usize;
+        for _ in 0..n {
+            list.push(r.u64()?);
+        }
+    }
+    let data = r.bytes()?;
+    let [voters, learners] = lists;
+    r.0.is_empty().then_some(Snapshot {
+        term,
+        index,
+        voters,
+        learners,
+        data,
+    })
+}
+
+/// Reads and writes the snapshot files of one directory.
+pub struct Snapshotter {
+    dir: PathBuf,
+}
+
+impl Snapshotter {
+    /// Snapshots in `dir` (created if missing on first save).
+    pub fn new(dir: &Path) -> Snapshotter {
+        Snapshotter {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn names(&self) -> Vec<(u64, u64, PathBuf)> {
+        let mut out = Vec::new();
+        if let Ok(rd) = fs::read_dir(&self.dir) {
+            for ent in rd.flatten() {
+                let name = ent.file_name().to_string_lossy().into_owned();
+                let Some(stem) = name.strip_suffix(".snap") else {
+                    continue;
+                };
+                if let Some((t, i)) = stem.split_once('-') {
+                    if let (Ok(t), Ok(i)) = (u64::from_str_radix(t, 16), u64::from_str_radix(i, 16))
+                    {
+                        out.push((i, t, ent.path()));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Writes a snapshot atomically: temp file, fsync, rename, directory fsync.
+    pub fn save(&self, s: &Snapshot) -> Result<PathBuf> {
+        fs::create_dir_all(&self.dir).map_err(io_err(format!("create {}", self.dir.display())))?;
+        let name = format!("{:016x}-{:016x}.snap", s.term, s.index);
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let mut f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+        f.write_all(&encode(s))
+            .and_then(|_| f.sync_all())
+            .map_err(io_err(format!("write {}", tmp.display())))?;
+        fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", tmp.display())))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(format!("sync {}", self.dir.display())))?;
+        Ok(path)
+    }
+
+    /// The newest snapshot that passes its check; damaged ones are renamed `.broken`.
+    pub fn load_newest(&self) -> Option<Snapshot> {
+        for (_, _, path) in self.names().into_iter().rev() {
+            match fs::read(&path).ok().as_deref().and_then(decode) {
+                Some(s) => return Some(s),
+                None => {
+                    let _ = fs::rename(&path, path.with_extension("snap.broken"));
+                }
+            }
+        }
+        None
+    }
+
+    /// Deletes the oldest snapshots while more than `max` remain (0 = keep all).
+    pub fn purge(&self, max: usize) -> usize {
+        let names = self.names();
+        if max == 0 || names.len() <= max {
+            return 0;
+        }
+        let extra = names.len() - max;
+        names[..extra]
+            .iter()
+            .filter(|(_, _, p)| fs::remove_file(p).is_ok())
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_valid_snapshot_wins_and_damage_falls_back() {
+        let d = std::env::temp_dir().join(format!("oxcd-snap-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        let sn = Snapshotter::new(&d);
+        assert!(sn.load_newest().is_none());
+        let s1 = Snapshot {
+            term: 1,
+            index: 10,
+            voters: vec![1, 2],
+            learners: vec![],
+            data: b"one".to_vec(),
+        };
+        let s2 = Snapshot {
+            term: 2,
+            index: 20,
+            voters: vec![1],
+            learners: vec![3],
+            data: b"two".to_vec(),
+        };
+        sn.save(&s1).unwrap();
+        let p2 = sn.save(&s2).unwrap();
+        assert_eq!(sn.load_newest(), Some(s2.clone()));
+        // Truncated newest: fall back to the older one, the broken file is set aside.
+        let bytes = fs::read(&p2).unwrap();
+        fs::write(&p2, &bytes[..bytes.len() - 1]).unwrap();
+        assert_eq!(sn.load_newest(), Some(s1.clone()));
+        assert!(p2.with_extension("snap.broken").exists());
+        // Empty file: same.
+        let p3 = sn
+            .save(&Snapshot {
+                index: 30,
+                ..s1.clone()
+            })
+            .unwrap();
+        fs::write(&p3, b"").unwrap();
+        assert_eq!(sn.load_newest(), Some(s1.clone()));
+        for i in 40..45 {
+            sn.save(&Snapshot {
+                index: i,
+                ..s1.clone()
+            })
+            .unwrap();
+        }
+        assert_eq!(sn.purge(3), 3);
+        assert_eq!(sn.load_newest().unwrap().index, 44);
+        let _ = fs::remove_dir_all(&d);
+    }
+}
