@@ -107,6 +107,8 @@ pub fn from_config(cfg: &crate::config::ServerConfig) -> (ServerOptions, Listene
         snapshot_count: cfg.snapshot_count,
         data_dir: cfg.data_dir.clone(),
         wal_dir: cfg.wal_dir.clone(),
+        max_snapshots: cfg.max_snapshots as usize,
+        max_wals: cfg.max_wals as usize,
     };
     let listeners = Listeners {
         client: addrs(&cfg.listen_client_urls),

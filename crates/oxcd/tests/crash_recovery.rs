@@ -14,7 +14,7 @@ use oxcd_tests::{request, Member};
 fn acknowledged_writes_survive_sigkill() {
     let mut m = Member::start(
         Path::new(env!("CARGO_BIN_EXE_oxcd")),
-        &["--snapshot-count", "50"],
+        &["--snapshot-count", "50", "--max-snapshots", "2"],
     );
     let acked: Arc<Mutex<Vec<(String, String, u64)>>> = Arc::default();
     for round in 0..4u64 {
@@ -78,6 +78,15 @@ fn acknowledged_writes_survive_sigkill() {
             );
         }
     }
+    // Snapshots were taken (every 50 entries) and old ones purged (--max-snapshots 2).
+    let snaps = std::fs::read_dir(m.dir.0.join("data/member/snap"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert!((1..=2).contains(&snaps), "{snaps} snapshot files");
     // The index sequence of acknowledged writes has no duplicates.
     let acked = acked.lock().unwrap();
     let mut idx: Vec<u64> = acked.iter().map(|a| a.2).collect();

@@ -227,6 +227,7 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
     /// Handles one `Ready` if there is one: send, persist, apply, advance.
     pub fn handle_ready(&mut self) -> raft::Result<()> {
         if !self.raw.has_ready() {
+            self.maybe_campaign();
             return Ok(());
         }
         let mut ready = self.raw.ready();
@@ -280,10 +281,19 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
         self.maybe_snapshot();
-        if self.campaign_pending && self.raw.campaign().is_ok() {
-            self.campaign_pending = false;
-        }
+        self.maybe_campaign();
         Ok(())
+    }
+
+    /// A one-member cluster campaigns at once, as soon as everything committed (its
+    /// configuration included) is applied — raft refuses to campaign before that.
+    fn maybe_campaign(&mut self) {
+        if self.campaign_pending && self.applied >= self.raw.raft.raft_log.committed {
+            self.campaign_pending = false;
+            if let Err(e) = self.raw.campaign() {
+                tracing::warn!(error = %e, "raft: campaign failed");
+            }
+        }
     }
 
     /// Takes a snapshot when `snapshot_count` entries were applied since the last one, and

@@ -67,6 +67,18 @@ pub struct RaftStorage {
     core: Arc<RwLock<LogCore>>,
     /// The write-ahead log; `None` for memory-only members (tests).
     wal: Arc<Mutex<Option<oxcd_wal::Wal>>>,
+    /// Snapshot files and retention (`--max-snapshots`, `--max-wals`); `None` in tests.
+    snapshots: Arc<Mutex<Option<SnapshotFiles>>>,
+}
+
+/// Where snapshots are written and how many files are kept.
+pub struct SnapshotFiles {
+    /// The snapshot directory.
+    pub snapshotter: oxcd_wal::Snapshotter,
+    /// `--max-snapshots` (0 = keep all).
+    pub max_snapshots: usize,
+    /// `--max-wals` (0 = keep all).
+    pub max_wals: usize,
 }
 
 /// Converts a raft entry to the WAL's plain entry.
@@ -135,6 +147,10 @@ impl RaftStorage {
             let first = core.first_index();
             core.entries = entries.into_iter().filter(|e| e.index >= first).collect();
             core.hard_state = hard_state;
+            // Commit-only HardState changes are not always in the WAL; a snapshot is of
+            // applied, hence committed, state.
+            let snap_index = core.snapshot.get_metadata().index;
+            core.hard_state.commit = core.hard_state.commit.max(snap_index);
             // Without a snapshot the voters come from the configuration changes in the log.
             if core.conf_state.voters.is_empty() {
                 let mut voters: Vec<u64> = Vec::new();
@@ -166,6 +182,53 @@ impl RaftStorage {
 
     fn wl(&self) -> RwLockWriteGuard<'_, LogCore> {
         self.core.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Attaches the snapshot directory that local snapshots are saved to.
+    pub fn attach_snapshots(&self, files: SnapshotFiles) {
+        *self.snapshots.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);
+    }
+
+    /// Makes a local snapshot durable: the snapshot file first, then its marker in the WAL,
+    /// then old WAL and snapshot files beyond the retention limits are purged.
+    fn save_snapshot_files(&self, snap: &Snapshot) {
+        let guard = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(files) = guard.as_ref() else {
+            return;
+        };
+        let meta = snap.get_metadata();
+        let cs = meta.get_conf_state();
+        let file = oxcd_wal::Snapshot {
+            term: meta.term,
+            index: meta.index,
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+            data: snap.data.to_vec(),
+        };
+        if let Err(e) = files.snapshotter.save(&file) {
+            tracing::error!(error = %e, "snap: saving snapshot file failed");
+            return;
+        }
+        let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(wal) = wal.as_mut() {
+            let marker = oxcd_wal::SnapshotMarker {
+                index: meta.index,
+                term: meta.term,
+            };
+            if let Err(e) = wal.save_snapshot(marker) {
+                tracing::error!(error = %e, "wal: saving snapshot marker failed");
+                return;
+            }
+            match wal.purge(meta.index, files.max_wals) {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "wal: purged old files"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "wal: purge failed"),
+            }
+        }
+        let n = files.snapshotter.purge(files.max_snapshots);
+        if n > 0 {
+            tracing::info!(removed = n, "snap: purged old snapshot files");
+        }
     }
 
     /// Attaches the write-ahead log that `persist` writes through.
@@ -249,7 +312,9 @@ impl RaftStorage {
             return;
         }
         core.entries.retain(|e| e.index > index);
-        core.snapshot = snap;
+        core.snapshot = snap.clone();
+        drop(core);
+        self.save_snapshot_files(&snap);
     }
 
     /// The latest snapshot (index 0 if none).

@@ -217,7 +217,14 @@ pub struct ServerOptions {
     pub data_dir: std::path::PathBuf,
     /// `--wal-dir` (default `<data-dir>/member/wal`).
     pub wal_dir: Option<std::path::PathBuf>,
+    /// `--max-snapshots`.
+    pub max_snapshots: usize,
+    /// `--max-wals`.
+    pub max_wals: usize,
 }
+
+/// A snapshot the member restarted from: its index and the store state.
+type Restored = Option<(u64, Vec<u8>)>;
 
 /// Errors that stop a member from starting.
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +248,9 @@ pub enum BootstrapError {
         found_member: String,
         found_cluster: String,
     },
+    /// The snapshot's store state cannot be read.
+    #[error("snap: cannot restore the store: {0}")]
+    Snapshot(String),
     /// Creating the data directory failed.
     #[error("cannot create data dir {0}: {1}")]
     DataDir(String, std::io::Error),
@@ -258,8 +268,10 @@ fn open_storage(
     opts: &ServerOptions,
     cluster: &Cluster,
     me: &Member,
-) -> Result<crate::raft::storage::RaftStorage, BootstrapError> {
-    use crate::raft::storage::{bootstrap_entries, from_wal_entry, to_wal_entry, RaftStorage};
+) -> Result<(crate::raft::storage::RaftStorage, Restored), BootstrapError> {
+    use crate::raft::storage::{
+        bootstrap_entries, from_wal_entry, to_wal_entry, RaftStorage, SnapshotFiles,
+    };
     let member_dir = opts.data_dir.join("member");
     let wal_dir = opts
         .wal_dir
@@ -278,10 +290,35 @@ fn open_storage(
         }
     }
     let seg = oxcd_wal::DEFAULT_SEGMENT_SIZE;
+    let snapshotter = oxcd_wal::Snapshotter::new(&member_dir.join("snap"));
+    let files = |snapshotter| SnapshotFiles {
+        snapshotter,
+        max_snapshots: opts.max_snapshots,
+        max_wals: opts.max_wals,
+    };
     if oxcd_wal::Wal::exists(&wal_dir) {
         let started = std::time::Instant::now();
-        let (wal, contents) =
-            oxcd_wal::Wal::open(&wal_dir, oxcd_wal::SnapshotMarker::default(), seg)?;
+        let mut snap = snapshotter.load_newest();
+        let marker = snap
+            .as_ref()
+            .map(|s| oxcd_wal::SnapshotMarker {
+                index: s.index,
+                term: s.term,
+            })
+            .unwrap_or_default();
+        let (wal, contents) = match oxcd_wal::Wal::open(&wal_dir, marker, seg) {
+            // A crash between writing the snapshot file and its WAL marker: the WAL still
+            // holds everything that snapshot would have released, so replay all of it.
+            Err(oxcd_wal::Error::SnapshotNotFound { index, .. }) if snap.is_some() => {
+                tracing::warn!(
+                    index,
+                    "snap: newest snapshot not recorded in the WAL, replaying the WAL without it"
+                );
+                snap = None;
+                oxcd_wal::Wal::open(&wal_dir, oxcd_wal::SnapshotMarker::default(), seg)?
+            }
+            other => other?,
+        };
         if let Some(where_) = &contents.repaired {
             tracing::warn!(at = %where_, "wal: torn tail truncated (crash during a write)");
         }
@@ -310,16 +347,29 @@ fn open_storage(
             ..Default::default()
         };
         let entries = contents.entries.into_iter().map(from_wal_entry).collect();
-        let storage = RaftStorage::restore(None, raft_hs, entries);
+        let raft_snap = snap.as_ref().map(|s| {
+            let mut rs = raft::prelude::Snapshot::default();
+            let meta = rs.mut_metadata();
+            meta.index = s.index;
+            meta.term = s.term;
+            meta.mut_conf_state().voters = s.voters.clone();
+            meta.mut_conf_state().learners = s.learners.clone();
+            // Kept so a lagging follower can be sent this snapshot.
+            rs.data = s.data.clone().into();
+            rs
+        });
+        let storage = RaftStorage::restore(raft_snap, raft_hs, entries);
         storage.attach_wal(wal);
+        storage.attach_snapshots(files(snapshotter));
         tracing::info!(
             entries = n,
             commit = hs.commit,
             took_ms = started.elapsed().as_millis() as u64,
             wal = %wal_dir.display(),
+            snapshot_index = snap.as_ref().map(|s| s.index).unwrap_or(0),
             "wal: recovered log, replaying committed entries"
         );
-        return Ok(storage);
+        return Ok((storage, snap.map(|s| (s.index, s.data))));
     }
     let bootstrap: Vec<(u64, Vec<u8>)> = cluster
         .members
@@ -338,7 +388,8 @@ fn open_storage(
     tracing::info!(wal = %wal_dir.display(), "wal: created for a new member");
     let storage = RaftStorage::new_bootstrap(&bootstrap);
     storage.attach_wal(wal);
-    Ok(storage)
+    storage.attach_snapshots(files(snapshotter));
+    Ok((storage, None))
 }
 
 /// Builds the shared state and starts the raft thread for a new cluster.
@@ -365,14 +416,29 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         cluster_id: cluster.id,
         start_time: SystemTime::now(),
     });
-    let storage = open_storage(opts, &cluster, &me)?;
+    let (storage, restored) = open_storage(opts, &cluster, &me)?;
+    let mut applied = 0;
+    if let Some((index, data)) = restored {
+        let mut store = shared.store.write().unwrap_or_else(|e| e.into_inner());
+        store
+            .recovery(&data)
+            .map_err(|e| BootstrapError::Snapshot(e.to_string()))?;
+        let (members, version) = apply::members_from_store(&store);
+        *shared.members.write().unwrap_or_else(|e| e.into_inner()) = members;
+        *shared
+            .cluster_version
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = version;
+        applied = index;
+        tracing::info!(index, "snap: store restored from snapshot");
+    }
     let tick = opts.heartbeat.max(Duration::from_millis(1));
     let election_ticks = (opts.election_timeout.as_millis() / tick.as_millis().max(1)) as usize;
     let cfg = crate::raft::RaftConfig {
         id: me.id,
         tick,
         election_ticks,
-        applied: 0,
+        applied,
         snapshot_count: opts.snapshot_count,
     };
     let applier = apply::ServerApplier::new(Arc::clone(&shared));
