@@ -31,7 +31,7 @@ mod wal;
 
 pub use record::{Entry, HardState, SnapshotMarker};
 pub use snap::{Snapshot, Snapshotter};
-pub use wal::{Wal, WalContents, DEFAULT_SEGMENT_SIZE};
+pub use wal::{dump, Wal, WalContents, DEFAULT_SEGMENT_SIZE};
 
 /// Errors of the WAL layer.
 #[derive(Debug, thiserror::Error)]

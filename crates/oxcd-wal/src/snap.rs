@@ -130,6 +130,17 @@ impl Snapshotter {
         None
     }
 
+    /// Every snapshot file with its decoded contents, or `None` if it fails its check.
+    pub fn list(&self) -> Vec<(PathBuf, Option<Snapshot>)> {
+        self.names()
+            .into_iter()
+            .map(|(_, _, p)| {
+                let s = fs::read(&p).ok().as_deref().and_then(decode);
+                (p, s)
+            })
+            .collect()
+    }
+
     /// Deletes the oldest snapshots while more than `max` remain (0 = keep all).
     pub fn purge(&self, max: usize) -> usize {
         let names = self.names();
