@@ -298,27 +298,44 @@ fn open_storage(
     };
     if oxcd_wal::Wal::exists(&wal_dir) {
         let started = std::time::Instant::now();
-        let mut snap = snapshotter.load_newest();
-        let marker = snap
-            .as_ref()
-            .map(|s| oxcd_wal::SnapshotMarker {
-                index: s.index,
-                term: s.term,
+        // The newest snapshot whose marker the WAL holds. A crash between writing a snapshot
+        // file and its WAL marker leaves a snapshot the WAL does not know: the WAL still
+        // holds everything since the previous one, so fall back to that (or to a full replay).
+        let mut candidates: Vec<oxcd_wal::Snapshot> = snapshotter
+            .list()
+            .into_iter()
+            .filter_map(|(path, s)| {
+                if s.is_none() {
+                    tracing::warn!(file = %path.display(), "snap: damaged snapshot file skipped");
+                }
+                s
             })
-            .unwrap_or_default();
-        let (wal, contents) = match oxcd_wal::Wal::open(&wal_dir, marker, seg) {
-            // A crash between writing the snapshot file and its WAL marker: the WAL still
-            // holds everything that snapshot would have released, so replay all of it.
-            Err(oxcd_wal::Error::SnapshotNotFound { index, .. }) if snap.is_some() => {
-                tracing::warn!(
-                    index,
-                    "snap: newest snapshot not recorded in the WAL, replaying the WAL without it"
-                );
-                snap = None;
-                oxcd_wal::Wal::open(&wal_dir, oxcd_wal::SnapshotMarker::default(), seg)?
+            .collect();
+        candidates.insert(0, oxcd_wal::Snapshot::default()); // full replay, tried last
+        let mut opened = None;
+        for cand in candidates.into_iter().rev() {
+            let marker = oxcd_wal::SnapshotMarker {
+                index: cand.index,
+                term: cand.term,
+            };
+            match oxcd_wal::Wal::open(&wal_dir, marker, seg) {
+                Ok(x) => {
+                    opened = Some((x, cand));
+                    break;
+                }
+                Err(oxcd_wal::Error::SnapshotNotFound { index, .. }) => {
+                    tracing::warn!(
+                        index,
+                        "snap: snapshot not recorded in the WAL, trying an older one"
+                    );
+                }
+                Err(e) => return Err(e.into()),
             }
-            other => other?,
+        }
+        let Some(((wal, contents), chosen)) = opened else {
+            return Err(oxcd_wal::Error::SnapshotNotFound { index: 0, term: 0 }.into());
         };
+        let snap = (chosen.index > 0).then_some(chosen);
         if let Some(where_) = &contents.repaired {
             tracing::warn!(at = %where_, "wal: torn tail truncated (crash during a write)");
         }
