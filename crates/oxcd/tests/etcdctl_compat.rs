@@ -118,7 +118,7 @@ fn ctl_v2_watch_sees_a_change() {
     let oxcd = Member::start(Path::new(env!("CARGO_BIN_EXE_oxcd")), &[]);
     let url = oxcd.client_url.clone();
     let watcher = std::thread::spawn(move || etcdctl(&url, &["watch", "/w"]));
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let (code, _, _) = etcdctl(&oxcd.client_url, &["set", "/w", "changed"]);
     assert_eq!(code, 0);
     let (code, out, err) = watcher.join().unwrap();

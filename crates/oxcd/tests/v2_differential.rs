@@ -211,7 +211,8 @@ fn watches_long_poll_and_history() {
     let (eu, ou) = (p.etcd.client_url.clone(), p.oxcd.client_url.clone());
     let we = std::thread::spawn(move || request(&eu, "GET", "/v2/keys/w?wait=true", None));
     let wo = std::thread::spawn(move || request(&ou, "GET", "/v2/keys/w?wait=true", None));
-    std::thread::sleep(Duration::from_millis(500));
+    // Give both watchers time to register, also on a loaded machine.
+    std::thread::sleep(Duration::from_millis(1200));
     p.check("PUT", "/v2/keys/w", Some("value=3"));
     let (e, o) = (we.join().unwrap(), wo.join().unwrap());
     p.compare("GET", "/v2/keys/w?wait=true (long poll)", None, &e, &o);
@@ -252,7 +253,8 @@ fn stream_watch_delivers_every_event() {
     let (pe, po) = (path.clone(), path.clone());
     let we = std::thread::spawn(move || stream_lines(eu, pe, 3));
     let wo = std::thread::spawn(move || stream_lines(ou, po, 3));
-    std::thread::sleep(Duration::from_millis(500));
+    // Give both watchers time to register, also on a loaded machine.
+    std::thread::sleep(Duration::from_millis(1200));
     p.check("PUT", "/v2/keys/s/a", Some("value=1"));
     p.check("PUT", "/v2/keys/s/b", Some("value=2"));
     p.check("DELETE", "/v2/keys/s/a", None);
