@@ -101,6 +101,7 @@ pub fn from_config(cfg: &crate::config::ServerConfig) -> (ServerOptions, Listene
             .map(|(n, u)| (n.clone(), u.to_string()))
             .collect(),
         initial_cluster_token: cfg.initial_cluster_token.clone(),
+        initial_cluster_existing: cfg.initial_cluster_state == "existing",
         heartbeat: cfg.heartbeat_interval,
         election_timeout: cfg.election_timeout,
         max_request_bytes: cfg.max_request_bytes,

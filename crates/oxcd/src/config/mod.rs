@@ -450,12 +450,6 @@ pub fn parse(
             reason: "valid values include new,existing".into(),
         });
     }
-    if state == "existing" {
-        return Err(ConfigError::Invalid(
-            "--initial-cluster-state=existing (joining a running cluster) is not supported yet"
-                .into(),
-        ));
-    }
     let proxy = defaulted("proxy");
     if proxy != "off" {
         return Err(ConfigError::Invalid(format!(

@@ -149,9 +149,28 @@ pub fn stats_leader(server: &EtcdServer, method: &Method) -> Response<RespBody> 
         *resp.status_mut() = StatusCode::FORBIDDEN;
         return resp;
     }
+    let mut followers = serde_json::Map::new();
+    for (id, f) in server.shared.leader_stats.followers() {
+        if id == server.shared.member_id {
+            continue;
+        }
+        followers.insert(
+            id_to_string(id),
+            json!({
+                "latency": {
+                    "current": f.current,
+                    "average": f.average(),
+                    "standardDeviation": f.std_dev(),
+                    "minimum": f.min,
+                    "maximum": f.max,
+                },
+                "counts": { "fail": f.fail, "success": f.success },
+            }),
+        );
+    }
     let body = json!({
         "leader": id_to_string(server.shared.member_id),
-        "followers": {},
+        "followers": followers,
     });
     json_response(body.to_string())
 }

@@ -12,6 +12,7 @@ pub mod base;
 pub mod body;
 pub mod form;
 pub mod keys;
+pub mod peer;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -39,8 +40,8 @@ use crate::server::EtcdServer;
 pub enum Api {
     /// Client URLs: the keys API and friends.
     Client,
-    /// Peer URLs: what members ask each other (`/members`, `/version`; raft traffic joins with
-    /// the multi-member transport).
+    /// Peer URLs: raft traffic (`/raft`, `/raft/snapshot`) and what members ask each other
+    /// (`/members`, `/version`).
     Peer,
 }
 
@@ -123,7 +124,7 @@ async fn handle(
             add_cors(&mut r);
             r
         }
-        Api::Peer => route_peer(&server, req),
+        Api::Peer => route_peer(&server, req).await,
     };
     metrics::observe_http(&method, resp.status(), started.elapsed());
     resp
@@ -191,8 +192,10 @@ async fn route(server: &Arc<EtcdServer>, req: Request<Incoming>) -> Response<Res
     }
 }
 
-fn route_peer(server: &EtcdServer, req: Request<Incoming>) -> Response<RespBody> {
+async fn route_peer(server: &EtcdServer, req: Request<Incoming>) -> Response<RespBody> {
     match req.uri().path() {
+        crate::transport::PATH_RAFT => peer::raft(server, req, false).await,
+        crate::transport::PATH_SNAPSHOT => peer::raft(server, req, true).await,
         "/version" => base::version(server, req.method()),
         "/members" => base::peer_members(server, req.method()),
         _ => text_error(StatusCode::NOT_FOUND, "404 page not found"),

@@ -25,6 +25,10 @@ pub enum RaftInput {
     Propose { id: u64, data: Vec<u8> },
     /// A message from a peer.
     Step(Message),
+    /// The transport could not deliver to this member (raft probes it more gently).
+    Unreachable(u64),
+    /// The outcome of sending a snapshot to a member.
+    SnapshotStatus { to: u64, delivered: bool },
     /// Stop the thread after handling what is queued.
     Shutdown,
 }
@@ -43,8 +47,9 @@ pub trait Applier: Send {
     fn proposal_dropped(&mut self, id: u64);
     /// The full state machine state, for a snapshot at the last applied index.
     fn snapshot_data(&mut self) -> Vec<u8>;
-    /// Replaces the state machine with a snapshot received from the leader.
-    fn restore(&mut self, index: u64, data: &[u8]);
+    /// Replaces the state machine with a snapshot received from the leader. An error means
+    /// the data cannot be read; the member stops rather than serve a state it does not have.
+    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String>;
 }
 
 /// Sends raft messages to peers. Must not block the raft thread.
@@ -102,6 +107,13 @@ pub struct RaftHandle {
 }
 
 impl RaftHandle {
+    /// A handle and the receiving end the raft thread will read (see [`RaftNode::spawn`]).
+    /// Created before the node so the transport can report back through it.
+    pub fn channel() -> (RaftHandle, Receiver<RaftInput>) {
+        let (tx, rx) = mpsc::channel();
+        (RaftHandle { tx }, rx)
+    }
+
     /// Sends an input; false if the raft thread has stopped.
     pub fn send(&self, input: RaftInput) -> bool {
         self.tx.send(input).is_ok()
@@ -252,7 +264,9 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
                 term = snap.get_metadata().term,
                 "raft: applying snapshot from leader"
             );
-            self.applier.restore(index, &snap.data);
+            self.applier
+                .restore(index, &snap.data)
+                .map_err(|e| raft::Error::Store(raft::StorageError::Other(e.into())))?;
             self.applied = index;
             self.snapshot_index = index;
             self.status.applied_index.store(index, Ordering::Relaxed);
@@ -409,18 +423,16 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
         Ok(())
     }
 
-    /// Starts the raft thread.
-    pub fn spawn(mut self, tick: Duration) -> (RaftHandle, JoinHandle<()>)
+    /// Starts the raft thread, reading inputs from `rx` (see [`RaftHandle::channel`]).
+    pub fn spawn(mut self, tick: Duration, rx: Receiver<RaftInput>) -> JoinHandle<()>
     where
         A: 'static,
         T: 'static,
     {
-        let (tx, rx) = mpsc::channel();
-        let handle = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("raft".into())
             .spawn(move || self.run(rx, tick))
-            .expect("spawning the raft thread");
-        (RaftHandle { tx }, handle)
+            .expect("spawning the raft thread")
     }
 
     fn run(&mut self, rx: Receiver<RaftInput>, tick: Duration) {
@@ -470,6 +482,14 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
             }
             RaftInput::Step(msg) => {
                 self.step(msg);
+                false
+            }
+            RaftInput::Unreachable(to) => {
+                self.report_unreachable(to);
+                false
+            }
+            RaftInput::SnapshotStatus { to, delivered } => {
+                self.report_snapshot(to, delivered);
                 false
             }
             RaftInput::Shutdown => true,

@@ -68,8 +68,9 @@ impl Applier for Log {
     fn snapshot_data(&mut self) -> Vec<u8> {
         serde_json::to_vec(&*self.0.lock().unwrap()).unwrap()
     }
-    fn restore(&mut self, _index: u64, data: &[u8]) {
-        *self.0.lock().unwrap() = serde_json::from_slice(data).unwrap();
+    fn restore(&mut self, _index: u64, data: &[u8]) -> Result<(), String> {
+        *self.0.lock().unwrap() = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 

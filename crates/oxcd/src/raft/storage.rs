@@ -244,6 +244,14 @@ impl RaftStorage {
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> raft::Result<()> {
+        let snapshot = snapshot.filter(|s| s.get_metadata().index >= self.rl().first_index());
+        if let Some(snap) = snapshot {
+            // A snapshot from the leader: its file and WAL marker go to disk before the
+            // entries that follow it, so a restart finds the snapshot the WAL continues from.
+            // A crash in between leaves the file without a marker; restart then falls back
+            // to the older state and the leader sends the snapshot again.
+            self.save_snapshot_files(snap);
+        }
         if let Some(wal) = self.wal.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             let hs = hard_state.map(|h| oxcd_wal::HardState {
                 term: h.term,
@@ -263,14 +271,9 @@ impl RaftStorage {
         if let Some(snap) = snapshot {
             let meta = snap.get_metadata();
             if meta.index >= core.first_index() {
-                core.entries.retain(|e| e.index > meta.index);
-                if core
-                    .entries
-                    .first()
-                    .is_some_and(|e| e.index != meta.index + 1)
-                {
-                    core.entries.clear();
-                }
+                // raft-rs hands us a snapshot only when our log does not hold its last
+                // entry, so nothing of the old log after it can be kept (log matching).
+                core.entries.clear();
                 core.conf_state = meta.get_conf_state().clone();
                 core.hard_state.term = core.hard_state.term.max(meta.term);
                 core.hard_state.commit = core.hard_state.commit.max(meta.index);

@@ -13,11 +13,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use oxcd_api::v2::{Error as V2Error, ErrorCode};
 use raft::prelude::{ConfChange, ConfChangeType, Entry};
 
 use super::request::{time_to_unix_nanos, unix_nanos_to_time, RaftRequest, RequestBody, V2Request};
-use super::{ApplyResult, Shared, CLUSTER_VERSION};
+use super::{ApplyResult, Outcome, Shared, CLUSTER_VERSION};
 use crate::membership::{id_to_string, Member};
 use crate::raft::Applier;
 
@@ -180,7 +179,7 @@ impl Applier for ServerApplier {
         }
         // Wake the clients after releasing the store lock so they can read at once.
         for (id, res) in results {
-            shared.wait.trigger(id, res);
+            shared.wait.trigger(id, Outcome::Applied(res));
         }
     }
 
@@ -315,11 +314,12 @@ impl Applier for ServerApplier {
             .save()
     }
 
-    fn restore(&mut self, index: u64, data: &[u8]) {
+    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
         let mut store = self.shared.store.write().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = store.recovery(data) {
             // The leader sent state we cannot read: continuing would serve wrong data.
-            panic!("apply: cannot restore snapshot at index {index}: {e}");
+            tracing::error!(index, error = %e, "apply: cannot restore the snapshot from the leader");
+            return Err(format!("cannot restore snapshot at index {index}: {e}"));
         }
         let (members, version) = members_from_store(&store);
         drop(store);
@@ -333,17 +333,12 @@ impl Applier for ServerApplier {
             .cluster_version
             .write()
             .unwrap_or_else(|e| e.into_inner()) = version;
+        tracing::info!(index, "apply: store replaced by the leader's snapshot");
+        Ok(())
     }
 
     fn proposal_dropped(&mut self, id: u64) {
-        self.shared.wait.trigger(
-            id,
-            Err(V2Error::new(
-                ErrorCode::RaftInternal,
-                "raft proposal dropped",
-                0,
-            )),
-        );
+        self.shared.wait.trigger(id, Outcome::Dropped);
     }
 }
 

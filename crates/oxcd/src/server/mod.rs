@@ -28,6 +28,9 @@ use crate::raft::{RaftHandle, RaftInput, RaftStatus};
 use request::{IdGenerator, RaftRequest, RequestBody, V2Request};
 use wait::Wait;
 
+/// Pause before proposing again after raft dropped a proposal for want of a leader.
+const PROPOSE_RETRY: Duration = Duration::from_millis(50);
+
 /// The cluster version this server speaks (what etcd 3.4 reports in `/version`).
 pub const CLUSTER_VERSION: &str = "3.4.0";
 /// The server API version reported in `/version` (the etcd release whose API we implement).
@@ -40,14 +43,24 @@ pub const STORE_KEYS_PREFIX: &str = "/1";
 /// The result of applying one request.
 pub type ApplyResult = Result<Event, V2Error>;
 
+/// What a waiting proposer learns.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The request was committed and applied.
+    Applied(ApplyResult),
+    /// Raft refused the proposal (no leader known): it is not in the log, so it may be
+    /// proposed again.
+    Dropped,
+}
+
 /// State shared by the raft thread (apply) and the HTTP handlers.
 pub struct Shared {
     /// The v2 store. Readers take the read lock; apply and watch registration take the write lock.
     pub store: RwLock<Store>,
     /// Clients waiting for their proposals.
-    pub wait: Wait<ApplyResult>,
+    pub wait: Wait<Outcome>,
     /// Members by ID, as applied from the log.
-    pub members: RwLock<BTreeMap<u64, Member>>,
+    pub members: Arc<RwLock<BTreeMap<u64, Member>>>,
     /// The cluster version once the leader decided it.
     pub cluster_version: RwLock<Option<String>>,
     /// Raft state for headers and stats.
@@ -56,6 +69,8 @@ pub struct Shared {
     pub ids: IdGenerator,
     /// This member's ID.
     pub member_id: u64,
+    /// The leader's view of its followers (`/v2/stats/leader`), kept by the transport.
+    pub leader_stats: Arc<crate::transport::LeaderStats>,
     /// This member's name.
     pub name: String,
     /// This member's advertised client URLs.
@@ -123,22 +138,41 @@ impl EtcdServer {
     async fn propose(&self, body: RequestBody) -> Result<ApplyResult, ServerError> {
         let id = self.shared.ids.next();
         let data = RaftRequest { id, body }.encode();
-        let rx = self.shared.wait.register(id);
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
         // Removes the registration if this future is dropped (client went away) or times out.
-        let guard = WaitGuard {
+        let _guard = WaitGuard {
             wait: &self.shared.wait,
             id,
         };
-        if !self.raft.send(RaftInput::Propose { id, data }) {
-            return Err(ServerError::Stopped);
+        loop {
+            let rx = self.shared.wait.register(id);
+            let input = RaftInput::Propose {
+                id,
+                data: data.clone(),
+            };
+            if !self.raft.send(input) {
+                return Err(ServerError::Stopped);
+            }
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(Outcome::Applied(res))) => return Ok(res),
+                // No leader right now (an election, or this member is cut off): like etcd,
+                // keep trying until the request times out rather than fail at once.
+                Ok(Ok(Outcome::Dropped)) => {
+                    let pause = tokio::time::Instant::now() + PROPOSE_RETRY;
+                    tokio::time::sleep_until(pause.min(deadline)).await;
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(ServerError::Timeout);
+                    }
+                }
+                Ok(Err(_)) => return Err(ServerError::Stopped),
+                Err(_) => return Err(ServerError::Timeout),
+            }
         }
-        let res = match tokio::time::timeout(self.request_timeout, rx).await {
-            Ok(Ok(res)) => Ok(res),
-            Ok(Err(_)) => Err(ServerError::Stopped),
-            Err(_) => Err(ServerError::Timeout),
-        };
-        drop(guard);
-        res
+    }
+
+    /// Hands a message from a peer to the raft thread; false if it has stopped.
+    pub fn step(&self, msg: raft::prelude::Message) -> bool {
+        self.raft.send(RaftInput::Step(msg))
     }
 
     /// Reads the store locally (no raft round trip), as etcd serves non-quorum GETs.
@@ -182,7 +216,7 @@ impl EtcdServer {
 }
 
 struct WaitGuard<'a> {
-    wait: &'a Wait<ApplyResult>,
+    wait: &'a Wait<Outcome>,
     id: u64,
 }
 
@@ -205,6 +239,9 @@ pub struct ServerOptions {
     pub initial_cluster: Vec<(String, String)>,
     /// `--initial-cluster-token`.
     pub initial_cluster_token: String,
+    /// `--initial-cluster-state=existing`: join a running cluster (only a restart, with a
+    /// data dir, is served so far).
+    pub initial_cluster_existing: bool,
     /// `--heartbeat-interval`.
     pub heartbeat: Duration,
     /// `--election-timeout`.
@@ -251,6 +288,9 @@ pub enum BootstrapError {
     /// The snapshot's store state cannot be read.
     #[error("snap: cannot restore the store: {0}")]
     Snapshot(String),
+    /// Joining a running cluster from an empty data dir needs runtime reconfiguration.
+    #[error("--initial-cluster-state=existing with an empty data dir {0} (joining a running cluster through member add) is not supported yet")]
+    JoinExisting(String),
     /// Creating the data directory failed.
     #[error("cannot create data dir {0}: {1}")]
     DataDir(String, std::io::Error),
@@ -388,6 +428,11 @@ fn open_storage(
         );
         return Ok((storage, snap.map(|s| (s.index, s.data))));
     }
+    if opts.initial_cluster_existing {
+        return Err(BootstrapError::JoinExisting(
+            opts.data_dir.display().to_string(),
+        ));
+    }
     let bootstrap: Vec<(u64, Vec<u8>)> = cluster
         .members
         .iter()
@@ -423,11 +468,12 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
     let shared = Arc::new(Shared {
         store: RwLock::new(Store::new(&[STORE_CLUSTER_PREFIX, STORE_KEYS_PREFIX])),
         wait: Wait::default(),
-        members: RwLock::new(BTreeMap::new()),
+        members: Arc::new(RwLock::new(BTreeMap::new())),
         cluster_version: RwLock::new(None),
         status: Arc::clone(&status),
         ids: IdGenerator::new(me.id, SystemTime::now()),
         member_id: me.id,
+        leader_stats: Arc::default(),
         name: opts.name.clone(),
         client_urls: opts.client_urls.clone(),
         cluster_id: cluster.id,
@@ -459,14 +505,20 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         snapshot_count: opts.snapshot_count,
     };
     let applier = apply::ServerApplier::new(Arc::clone(&shared));
-    let node = crate::raft::RaftNode::new(
-        &cfg,
-        storage,
-        applier,
-        crate::transport::NullTransport,
-        status,
-    )?;
-    let (handle, _join) = node.spawn(tick);
+    let (handle, inputs) = RaftHandle::channel();
+    let transport = crate::transport::PeerTransport::new(
+        crate::transport::LocalIdentity {
+            member_id: me.id,
+            cluster_id: cluster.id,
+        },
+        Arc::clone(&shared.members),
+        &cluster.members,
+        handle.clone(),
+        Arc::clone(&shared.leader_stats),
+        tokio::runtime::Handle::current(),
+    );
+    let node = crate::raft::RaftNode::new(&cfg, storage, applier, transport, status)?;
+    let _join = node.spawn(tick, inputs);
     tracing::info!(
         member = %crate::membership::id_to_string(me.id),
         cluster = %crate::membership::id_to_string(cluster.id),

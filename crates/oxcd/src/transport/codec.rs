@@ -1,0 +1,116 @@
+//! Wire encoding of raft message batches between members.
+//!
+//! A batch is a sequence of frames `[length u32 big-endian][raft Message, protobuf]`. The
+//! decoder checks every length against what is left, so a truncated or garbled body is an
+//! error, never a panic or a partial batch.
+
+use protobuf::Message as _;
+use raft::prelude::Message;
+
+/// Largest single message accepted (a snapshot travels alone and may be big).
+pub const MAX_FRAME: usize = u32::MAX as usize;
+
+/// A body that is not a valid batch.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The body ends inside a frame.
+    #[error("truncated frame at byte {0}")]
+    Truncated(usize),
+    /// A frame does not decode as a raft message.
+    #[error("undecodable message at byte {0}")]
+    BadMessage(usize),
+}
+
+/// Appends one message as a frame to `out`.
+pub fn encode_into(msg: &Message, out: &mut Vec<u8>) {
+    let bytes = msg
+        .write_to_bytes()
+        .expect("encoding a raft message to memory cannot fail");
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(&bytes);
+}
+
+/// Encodes a batch.
+pub fn encode(msgs: &[Message]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in msgs {
+        encode_into(m, &mut out);
+    }
+    out
+}
+
+/// Decodes a batch.
+pub fn decode(mut body: &[u8]) -> Result<Vec<Message>, CodecError> {
+    let total = body.len();
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        let at = total - body.len();
+        if body.len() < 4 {
+            return Err(CodecError::Truncated(at));
+        }
+        let len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+        if body.len() - 4 < len {
+            return Err(CodecError::Truncated(at));
+        }
+        let msg = Message::parse_from_bytes(&body[4..4 + len])
+            .map_err(|_| CodecError::BadMessage(at))?;
+        out.push(msg);
+        body = &body[4 + len..];
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::prelude::{Entry, MessageType};
+
+    fn msg(to: u64, entries: usize) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        m.to = to;
+        m.from = 7;
+        m.term = 3;
+        m.entries = (0..entries)
+            .map(|i| {
+                let mut e = Entry::default();
+                e.index = i as u64 + 1;
+                e.data = vec![i as u8; 10].into();
+                e
+            })
+            .collect::<Vec<_>>()
+            .into();
+        m
+    }
+
+    #[test]
+    fn batches_round_trip() {
+        let batch = vec![msg(1, 0), msg(2, 3), msg(3, 100)];
+        let body = encode(&batch);
+        assert_eq!(decode(&body).unwrap(), batch);
+        assert_eq!(decode(&[]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let body = encode(&[msg(1, 2), msg(2, 1)]);
+        let first_len = 4 + u32::from_be_bytes(body[0..4].try_into().unwrap()) as usize;
+        for cut in 1..body.len() {
+            let r = decode(&body[..cut]);
+            if cut == first_len {
+                assert_eq!(r.unwrap().len(), 1, "a whole first frame decodes");
+            } else {
+                assert!(r.is_err(), "cut at {cut} must fail");
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut body = vec![0, 0, 0, 5];
+        body.extend_from_slice(&[0xff; 5]);
+        assert!(decode(&body).is_err());
+        assert!(decode(&[0xff, 0xff, 0xff, 0xff, 1]).is_err());
+    }
+}

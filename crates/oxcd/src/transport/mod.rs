@@ -1,0 +1,249 @@
+//! Peer transport: carries raft messages between members over their peer URLs (etcd's
+//! `rafthttp`).
+//!
+//! Owns one sender task per remote member ([`peer`]), the wire encoding of message batches
+//! ([`codec`]) and the leader's view of its followers ([`LeaderStats`]). The receiving side
+//! is the peer HTTP handler (`http::peer`), which checks the cluster ID and hands decoded
+//! messages to the raft thread.
+//!
+//! Invariants:
+//! - [`PeerTransport::send`] never blocks the raft thread: messages go into a bounded queue
+//!   per peer; a full queue drops the message and reports the peer unreachable, and raft
+//!   sends again (etcd drops under overload the same way);
+//! - every message for a member travels in order on one connection (one request in flight
+//!   per peer), so raft sees per-peer FIFO delivery when the network allows it;
+//! - snapshots travel on their own request so a large one never delays heartbeats, and
+//!   raft always learns whether it arrived ([`RaftInput::SnapshotStatus`]).
+
+pub mod codec;
+pub mod peer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use raft::prelude::{Message, MessageType};
+use tokio::sync::mpsc;
+
+use crate::membership::Member;
+use crate::raft::{RaftHandle, RaftInput};
+
+/// HTTP header carrying the sender's cluster ID (hex), checked on every request.
+pub const HEADER_CLUSTER_ID: &str = "X-Etcd-Cluster-ID";
+/// HTTP header carrying the sending member's ID (hex).
+pub const HEADER_FROM: &str = "X-Server-From";
+/// Path of the message stream (batches of raft messages).
+pub const PATH_RAFT: &str = "/raft";
+/// Path a snapshot message is posted to.
+pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
+/// Messages queued per peer before new ones are dropped.
+const QUEUE: usize = 4096;
+
+/// A transport for a member without peers: any message is a bug in the caller's
+/// configuration, so it is logged and dropped.
+pub struct NullTransport;
+
+impl crate::raft::Transport for NullTransport {
+    fn send(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            tracing::warn!(to = m.to, "transport: no peer transport, message dropped");
+        }
+    }
+}
+
+/// Round-trip latency and delivery counts of one follower, as `/v2/stats/leader` shows them.
+#[derive(Debug, Default, Clone)]
+pub struct FollowerStats {
+    /// Batches delivered.
+    pub success: u64,
+    /// Batches that failed.
+    pub fail: u64,
+    /// Latest round trip (ms).
+    pub current: f64,
+    /// Smallest round trip (ms).
+    pub min: f64,
+    /// Largest round trip (ms).
+    pub max: f64,
+    sum: f64,
+    sum_sq: f64,
+}
+
+impl FollowerStats {
+    fn succeed(&mut self, rtt: Duration) {
+        let ms = rtt.as_secs_f64() * 1000.0;
+        self.success += 1;
+        self.current = ms;
+        self.min = if self.success == 1 {
+            ms
+        } else {
+            self.min.min(ms)
+        };
+        self.max = self.max.max(ms);
+        self.sum += ms;
+        self.sum_sq += ms * ms;
+    }
+
+    /// Mean round trip (ms).
+    pub fn average(&self) -> f64 {
+        if self.success == 0 {
+            0.0
+        } else {
+            self.sum / self.success as f64
+        }
+    }
+
+    /// Standard deviation of the round trips (ms).
+    pub fn std_dev(&self) -> f64 {
+        if self.success == 0 {
+            return 0.0;
+        }
+        let n = self.success as f64;
+        let mean = self.sum / n;
+        (self.sum_sq / n - mean * mean).max(0.0).sqrt()
+    }
+}
+
+/// What the leader knows of its followers' links: filled by the sender tasks for batches
+/// that carry leader traffic (appends, heartbeats).
+#[derive(Debug, Default)]
+pub struct LeaderStats {
+    followers: Mutex<BTreeMap<u64, FollowerStats>>,
+}
+
+impl LeaderStats {
+    /// A copy of every follower's figures, by member ID.
+    pub fn followers(&self) -> BTreeMap<u64, FollowerStats> {
+        self.followers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn record(&self, to: u64, outcome: Result<Duration, ()>) {
+        let mut f = self.followers.lock().unwrap_or_else(|e| e.into_inner());
+        let s = f.entry(to).or_default();
+        match outcome {
+            Ok(rtt) => s.succeed(rtt),
+            Err(()) => s.fail += 1,
+        }
+    }
+}
+
+/// Who this member is, as every outgoing request says.
+#[derive(Debug, Clone)]
+pub struct LocalIdentity {
+    /// This member's ID.
+    pub member_id: u64,
+    /// The cluster ID.
+    pub cluster_id: u64,
+}
+
+/// Queues of one remote member.
+struct PeerQueues {
+    messages: mpsc::Sender<Message>,
+    snapshots: mpsc::Sender<Message>,
+}
+
+/// The HTTP transport of a multi-member cluster.
+pub struct PeerTransport {
+    local: LocalIdentity,
+    /// Where members are reached: the applied member list (dynamic) ...
+    members: Arc<RwLock<BTreeMap<u64, Member>>>,
+    /// ... and, until the bootstrap configuration is applied, the `--initial-cluster` one.
+    initial: HashMap<u64, Vec<String>>,
+    peers: HashMap<u64, PeerQueues>,
+    raft: RaftHandle,
+    stats: Arc<LeaderStats>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl PeerTransport {
+    /// A transport that spawns its sender tasks on `runtime` and reports delivery failures
+    /// to the raft thread through `raft`.
+    pub fn new(
+        local: LocalIdentity,
+        members: Arc<RwLock<BTreeMap<u64, Member>>>,
+        initial: &[Member],
+        raft: RaftHandle,
+        stats: Arc<LeaderStats>,
+        runtime: tokio::runtime::Handle,
+    ) -> PeerTransport {
+        PeerTransport {
+            local,
+            members,
+            initial: initial
+                .iter()
+                .map(|m| (m.id, m.peer_urls.clone()))
+                .collect(),
+            peers: HashMap::new(),
+            raft,
+            stats,
+            runtime,
+        }
+    }
+
+    fn peer_urls(&self, id: u64) -> Option<Vec<String>> {
+        let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+        members
+            .get(&id)
+            .map(|m| m.peer_urls.clone())
+            .filter(|u| !u.is_empty())
+            .or_else(|| self.initial.get(&id).cloned())
+    }
+
+    /// The queues of member `to`, starting its sender tasks on first use.
+    fn queues(&mut self, to: u64) -> Option<&PeerQueues> {
+        if !self.peers.contains_key(&to) {
+            let urls = self.peer_urls(to)?;
+            let (mtx, mrx) = mpsc::channel(QUEUE);
+            let (stx, srx) = mpsc::channel(1);
+            let link = peer::Link {
+                to,
+                urls,
+                local: self.local.clone(),
+                raft: self.raft.clone(),
+                stats: Arc::clone(&self.stats),
+            };
+            self.runtime.spawn(peer::run_stream(link.clone(), mrx));
+            self.runtime.spawn(peer::run_snapshots(link, srx));
+            self.peers.insert(
+                to,
+                PeerQueues {
+                    messages: mtx,
+                    snapshots: stx,
+                },
+            );
+        }
+        self.peers.get(&to)
+    }
+}
+
+impl crate::raft::Transport for PeerTransport {
+    fn send(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            let to = m.to;
+            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            let raft = self.raft.clone();
+            let Some(q) = self.queues(to) else {
+                tracing::warn!(to = %format!("{to:x}"), "transport: message to an unknown member dropped");
+                continue;
+            };
+            let queued = if is_snapshot {
+                q.snapshots.try_send(m).is_ok()
+            } else {
+                q.messages.try_send(m).is_ok()
+            };
+            if !queued {
+                tracing::debug!(to = %format!("{to:x}"), snapshot = is_snapshot, "transport: queue full, message dropped");
+                let _ = raft.send(if is_snapshot {
+                    RaftInput::SnapshotStatus {
+                        to,
+                        delivered: false,
+                    }
+                } else {
+                    RaftInput::Unreachable(to)
+                });
+            }
+        }
+    }
+}
