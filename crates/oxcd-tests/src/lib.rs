@@ -89,19 +89,37 @@ impl Member {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut m = Member {
-            child: None,
-            client_url: client,
-            dir,
-            binary: binary.to_path_buf(),
-            args,
-        };
+        let mut m = Member::new(binary, dir, client, args);
         m.spawn();
         m
     }
 
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.0.join("server.log")).expect("log file");
+    /// A member that is not started yet: `args` are its whole command line.
+    pub fn new(binary: &Path, dir: TempDir, client_url: String, args: Vec<String>) -> Member {
+        Member {
+            child: None,
+            client_url,
+            dir,
+            binary: binary.to_path_buf(),
+            args,
+        }
+    }
+
+    /// Starts the process and waits until it serves.
+    pub fn spawn(&mut self) {
+        self.spawn_no_wait();
+        self.wait_ready();
+    }
+
+    /// Starts the process without waiting (members of a cluster serve only once a majority
+    /// runs).
+    pub fn spawn_no_wait(&mut self) {
+        // Appends, so a restarted member's log keeps what happened before the kill.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.0.join("server.log"))
+            .expect("log file");
         let child = Command::new(&self.binary)
             .args(&self.args)
             .stdout(Stdio::null())
@@ -109,7 +127,6 @@ impl Member {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
         self.child = Some(child);
-        self.wait_ready();
     }
 
     /// Waits until a write goes through (a leader exists and the API serves).
@@ -272,3 +289,6 @@ pub fn normalized(reply: &Reply, base: u64) -> (u16, Option<i64>, String, Value)
 
 /// The HTTP client, re-exported for tests that stream.
 pub use ureq;
+
+pub mod cluster;
+pub mod proxy;

@@ -30,11 +30,18 @@ fn rate_limited(last: &AtomicU64) -> bool {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let prev = last.load(Ordering::Relaxed);
-    now >= prev + 5 && last.compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    now >= prev + 5
+        && last
+            .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// Handles `POST /raft` and (with `snapshot`) `POST /raft/snapshot`.
-pub async fn raft(server: &EtcdServer, req: Request<Incoming>, snapshot: bool) -> Response<RespBody> {
+pub async fn raft(
+    server: &EtcdServer,
+    req: Request<Incoming>,
+    snapshot: bool,
+) -> Response<RespBody> {
     static MISMATCH_LOGGED: AtomicU64 = AtomicU64::new(0);
     if req.method() != Method::POST {
         return method_not_allowed("POST");
@@ -60,7 +67,11 @@ pub async fn raft(server: &EtcdServer, req: Request<Incoming>, snapshot: bool) -
         }
         return text_error(StatusCode::PRECONDITION_FAILED, "cluster ID mismatch");
     }
-    let limit = if snapshot { usize::MAX } else { MAX_STREAM_BODY };
+    let limit = if snapshot {
+        usize::MAX
+    } else {
+        MAX_STREAM_BODY
+    };
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {

@@ -4,6 +4,10 @@
 //! decoder checks every length against what is left, so a truncated or garbled body is an
 //! error, never a panic or a partial batch.
 
+// raft-rs's protobuf messages carry private bookkeeping fields, so tests build them field
+// by field after `default()`.
+#![allow(clippy::field_reassign_with_default)]
+
 use protobuf::Message as _;
 use raft::prelude::Message;
 
@@ -53,8 +57,8 @@ pub fn decode(mut body: &[u8]) -> Result<Vec<Message>, CodecError> {
         if body.len() - 4 < len {
             return Err(CodecError::Truncated(at));
         }
-        let msg = Message::parse_from_bytes(&body[4..4 + len])
-            .map_err(|_| CodecError::BadMessage(at))?;
+        let msg =
+            Message::parse_from_bytes(&body[4..4 + len]).map_err(|_| CodecError::BadMessage(at))?;
         out.push(msg);
         body = &body[4 + len..];
     }

@@ -185,7 +185,16 @@ pub async fn run_stream(link: Link, mut rx: Receiver<Message>) {
         });
         let started = Instant::now();
         let body = codec::encode(&batch);
-        match deliver(&mut conn, &link, &mut url_at, PATH_RAFT, body, STREAM_TIMEOUT).await {
+        match deliver(
+            &mut conn,
+            &link,
+            &mut url_at,
+            PATH_RAFT,
+            body,
+            STREAM_TIMEOUT,
+        )
+        .await
+        {
             Ok(()) => {
                 if leader_traffic {
                     link.stats.record(link.to, Ok(started.elapsed()));
@@ -244,7 +253,9 @@ pub async fn run_snapshots(link: Link, mut rx: Receiver<Message>) {
                 took_ms = started.elapsed().as_millis() as u64,
                 "transport: snapshot sent"
             ),
-            Err(e) => tracing::warn!(%peer, index, error = %e, "transport: sending snapshot failed"),
+            Err(e) => {
+                tracing::warn!(%peer, index, error = %e, "transport: sending snapshot failed")
+            }
         }
         let _ = link.raft.send(RaftInput::SnapshotStatus {
             to: link.to,
@@ -259,7 +270,10 @@ mod tests {
 
     #[test]
     fn authority_of_peer_urls() {
-        assert_eq!(authority("http://127.0.0.1:2380").unwrap(), "127.0.0.1:2380");
+        assert_eq!(
+            authority("http://127.0.0.1:2380").unwrap(),
+            "127.0.0.1:2380"
+        );
         assert_eq!(authority("http://host:1/x").unwrap(), "host:1");
         assert!(matches!(
             authority("https://h:1"),
