@@ -17,6 +17,8 @@ pub struct Cluster {
     pub ids: Vec<String>,
     /// The peer proxy, when started with one.
     pub proxy: Option<PeerProxy>,
+    /// The peer URLs members listen on, by index.
+    pub peer_urls: Vec<String>,
 }
 
 /// Fast timing for tests: 50 ms heartbeats, 500 ms election timeout.
@@ -86,6 +88,10 @@ impl Cluster {
             members,
             ids,
             proxy,
+            peer_urls: listen
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .collect(),
         }
     }
 

@@ -125,6 +125,27 @@ fn any_member_serves_writes_reads_and_cluster_endpoints() {
     }
     assert!(expire_index.iter().all(|i| *i == expire_index[0]));
 
+    // Peer traffic from another cluster is refused, and said so in the log.
+    let r = oxcd_tests::ureq::post(&format!("{}/raft", c.peer_urls[follower]))
+        .set("X-Etcd-Cluster-ID", "deadbeef")
+        .set("X-Server-From", "1")
+        .send_bytes(&[]);
+    assert!(
+        matches!(r, Err(oxcd_tests::ureq::Error::Status(412, _))),
+        "{r:?}"
+    );
+    assert!(c.members[follower]
+        .log()
+        .contains("rejected peer traffic from another cluster"));
+    // Garbage from a peer of our own cluster is refused without harm.
+    let r = oxcd_tests::ureq::post(&format!("{}/raft", c.peer_urls[follower]))
+        .set("X-Etcd-Cluster-ID", &cluster_ids[0])
+        .send_bytes(&[0, 0, 0, 9, 1, 2, 3]);
+    assert!(
+        matches!(r, Err(oxcd_tests::ureq::Error::Status(400, _))),
+        "{r:?}"
+    );
+
     // Debian's etcdctl with all three endpoints, then with one member down (listed first).
     let eps = c.endpoints();
     let (ok, out) = etcdctl(&eps, &["set", "/ctl/a", "1"]);
