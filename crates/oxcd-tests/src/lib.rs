@@ -58,12 +58,20 @@ pub struct Member {
     pub dir: TempDir,
     binary: PathBuf,
     args: Vec<String>,
+    /// Extra environment of the process (e.g. `OXCD_FAILPOINTS`); kept across restarts
+    /// until changed.
+    pub env: Vec<(String, String)>,
 }
 
 impl Member {
     /// Starts a one-member cluster of `binary` with etcd's flags (plus `extra`) and waits
     /// until it serves.
     pub fn start(binary: &Path, extra: &[&str]) -> Member {
+        Self::start_with_env(binary, extra, &[])
+    }
+
+    /// [`Member::start`] with extra environment variables for the process.
+    pub fn start_with_env(binary: &Path, extra: &[&str], env: &[(&str, &str)]) -> Member {
         let dir = TempDir::new("member");
         let (cp, pp) = (free_port(), free_port());
         let client = format!("http://127.0.0.1:{cp}");
@@ -90,6 +98,10 @@ impl Member {
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut m = Member::new(binary, dir, client, args);
+        m.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         m.spawn();
         m
     }
@@ -102,6 +114,7 @@ impl Member {
             dir,
             binary: binary.to_path_buf(),
             args,
+            env: Vec::new(),
         }
     }
 
@@ -122,6 +135,7 @@ impl Member {
             .expect("log file");
         let child = Command::new(&self.binary)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -158,6 +172,22 @@ impl Member {
     /// Whether the process is still running.
     pub fn is_alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own (a crash point); true if
+    /// it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.is_alive() {
+                if let Some(mut c) = self.child.take() {
+                    let _ = c.wait();
+                }
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
 
     /// Kills the process with SIGKILL.

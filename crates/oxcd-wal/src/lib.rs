@@ -25,6 +25,7 @@
 //!   last file, which `open` truncates at the last good record and reports;
 //! - a bad record anywhere else is corruption: `open` refuses with the file and offset.
 
+pub mod failpoint;
 mod record;
 mod snap;
 mod wal;

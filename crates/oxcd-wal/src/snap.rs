@@ -110,6 +110,7 @@ impl Snapshotter {
         f.write_all(&encode(s))
             .and_then(|_| f.sync_all())
             .map_err(io_err(format!("write {}", tmp.display())))?;
+        crate::failpoint::hit("snap_file_before_rename");
         fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", tmp.display())))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())

@@ -1,7 +1,14 @@
 //! Segment files: create, open (read then append), save, cut, purge.
+//!
+//! The file being appended to is preallocated to the segment size (etcd preallocates its
+//! 64 MB segments too): writes land inside the file instead of growing it, so an fdatasync
+//! does not also have to commit a new file size to the journal on every write. The zeros
+//! after the last record read as the end of the log; a finished segment is truncated to its
+//! records when the next one is cut.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::record::{self, Entry, HardState, SnapshotMarker};
@@ -72,6 +79,36 @@ fn list(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Whether `data[start..end]` holds a whole 512-byte disk sector (aligned to the file) of
+/// zeros: the sign of a write the disk only partly completed.
+fn has_zero_sector(data: &[u8], start: usize, end: usize) -> bool {
+    const SECTOR: usize = 512;
+    let mut at = start.div_ceil(SECTOR) * SECTOR;
+    while at + SECTOR <= end {
+        if data[at..at + SECTOR].iter().all(|&b| b == 0) {
+            return true;
+        }
+        at += SECTOR;
+    }
+    false
+}
+
+/// Opens a segment for writing and extends it to `segment_size` (never shrinks it).
+fn open_preallocated(path: &Path, segment_size: u64) -> Result<File> {
+    let ctx = || format!("open {}", path.display());
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(ctx()))?;
+    let len = file.metadata().map_err(io_err(ctx()))?.len();
+    if len < segment_size {
+        file.set_len(segment_size)
+            .and_then(|_| file.sync_all())
+            .map_err(io_err(format!("preallocate {}", path.display())))?;
+    }
+    Ok(file)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -205,10 +242,7 @@ impl Wal {
             sync_dir(parent)?;
         }
         let path = dir.join(&name);
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(io_err(format!("open {}", path.display())))?;
+        let file = open_preallocated(&path, segment_size)?;
         Ok(Wal {
             dir: dir.to_path_buf(),
             file,
@@ -273,7 +307,11 @@ impl Wal {
                     break;
                 }
                 let payload = &rest[HEADER..HEADER + len];
-                let ends_file = off + HEADER + len == data.len();
+                // A crash during the last write leaves its record short of some sectors
+                // (zeros in a preallocated file) or followed by nothing but zeros: a torn
+                // tail, not damage (etcd's rule for torn writes).
+                let ends_file = data[off + HEADER + len..].iter().all(|&b| b == 0)
+                    || has_zero_sector(&data, off, off + HEADER + len);
                 if typ == record::CRC {
                     let Some(prev) = record::Reader(payload).u32() else {
                         return Err(corrupt(off, "bad crc record"));
@@ -356,10 +394,7 @@ impl Wal {
             });
         }
         let (seq, _, path) = files.last().expect("non-empty").clone();
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(io_err(format!("open {}", path.display())))?;
+        let file = open_preallocated(&path, segment_size)?;
         let last_index = out.entries.last().map(|e| e.index).unwrap_or(snap.index);
         let wal = Wal {
             dir: dir.to_path_buf(),
@@ -419,7 +454,10 @@ impl Wal {
 
     fn write_buf(&mut self) -> Result<()> {
         let ctx = || format!("append to {}", self.dir.display());
-        self.file.write_all(&self.buf).map_err(io_err(ctx()))?;
+        self.file
+            .write_all_at(&self.buf, self.size)
+            .map_err(io_err(ctx()))?;
+        crate::failpoint::hit("wal_before_sync");
         self.file.sync_data().map_err(io_err(ctx()))?;
         self.size += self.buf.len() as u64;
         Ok(())
@@ -430,16 +468,27 @@ impl Wal {
         let seq = self.seq + 1;
         let name = file_name(seq, self.last_index + 1);
         let tmp = self.dir.join(format!("{name}.tmp"));
+        // The finished segment keeps only its records (no preallocated zeros).
+        self.file
+            .set_len(self.size)
+            .and_then(|_| self.file.sync_all())
+            .map_err(io_err(format!(
+                "truncate the finished segment in {}",
+                self.dir.display()
+            )))?;
         let head = file_head(&mut self.crc, &self.metadata, &self.hard_state);
         let mut f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
         f.write_all(&head)
+            .and_then(|_| f.set_len(self.segment_size.max(head.len() as u64)))
             .and_then(|_| f.sync_all())
             .map_err(io_err(format!("write {}", tmp.display())))?;
         let path = self.dir.join(&name);
+        crate::failpoint::hit("wal_cut_before_rename");
         fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", tmp.display())))?;
+        crate::failpoint::hit("wal_cut_after_rename");
         sync_dir(&self.dir)?;
         self.file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&path)
             .map_err(io_err(format!("open {}", path.display())))?;
         self.seq = seq;
@@ -478,6 +527,8 @@ impl Wal {
 
 #[cfg(test)]
 mod tests {
+    /// Small segments keep the preallocated files (and the tests) small.
+    const SEG: u64 = 64 * 1024;
     use super::*;
 
     fn dir(tag: &str) -> PathBuf {
@@ -507,12 +558,12 @@ mod tests {
     #[test]
     fn round_trip_with_overwrite() {
         let d = dir("rt");
-        let mut w = Wal::create(&d, b"meta", DEFAULT_SEGMENT_SIZE).unwrap();
+        let mut w = Wal::create(&d, b"meta", SEG).unwrap();
         w.save(Some(&hs(2)), &[entry(1, 1), entry(2, 1), entry(3, 1)])
             .unwrap();
         w.save(Some(&hs(3)), &[entry(3, 2), entry(4, 2)]).unwrap();
         drop(w);
-        let (_, c) = Wal::open(&d, SnapshotMarker::default(), DEFAULT_SEGMENT_SIZE).unwrap();
+        let (_, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
         assert_eq!(c.metadata, b"meta");
         assert_eq!(c.hard_state, hs(3));
         let got: Vec<(u64, u64)> = c.entries.iter().map(|e| (e.index, e.term)).collect();
@@ -548,7 +599,7 @@ mod tests {
     #[test]
     fn torn_tail_at_every_offset_is_repaired() {
         let d = dir("torn");
-        let mut w = Wal::create(&d, b"m", DEFAULT_SEGMENT_SIZE).unwrap();
+        let mut w = Wal::create(&d, b"m", SEG).unwrap();
         w.save(Some(&hs(1)), &[entry(1, 1)]).unwrap();
         let good = w.size;
         // The last record alone: every cut inside it tears exactly this record.
@@ -559,40 +610,81 @@ mod tests {
         let bytes = fs::read(&path).unwrap();
         for cut in good..full {
             fs::write(&path, &bytes[..cut as usize]).unwrap();
-            let (mut w, c) =
-                Wal::open(&d, SnapshotMarker::default(), DEFAULT_SEGMENT_SIZE).unwrap();
+            let (mut w, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
             assert_eq!(c.entries.len(), 1, "cut at {cut}");
             assert_eq!(c.hard_state, hs(1));
             w.save(None, &[entry(2, 1)]).unwrap();
             drop(w);
-            let (_, c) = Wal::open(&d, SnapshotMarker::default(), DEFAULT_SEGMENT_SIZE).unwrap();
+            let (_, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
             assert_eq!(c.entries.len(), 2, "append after repair at {cut}");
         }
         // A zeroed tail (preallocation) is not data.
         let mut z = bytes.clone();
         z.extend_from_slice(&[0u8; 64]);
         fs::write(&path, &z).unwrap();
-        let (_, c) = Wal::open(&d, SnapshotMarker::default(), DEFAULT_SEGMENT_SIZE).unwrap();
+        let (_, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
         assert_eq!(c.entries.len(), 2);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn preallocated_segment_reads_zeros_as_end_and_keeps_appending() {
+        let d = dir("prealloc");
+        let mut w = Wal::create(&d, b"m", SEG).unwrap();
+        w.save(Some(&hs(1)), &[entry(1, 1)]).unwrap();
+        let path = list(&d).unwrap()[0].2.clone();
+        assert_eq!(fs::metadata(&path).unwrap().len(), SEG, "preallocated");
+        drop(w);
+        let (mut w, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
+        assert_eq!(c.entries.len(), 1);
+        assert!(c.repaired.is_none(), "zeros are the end, not damage");
+        w.save(None, &[entry(2, 1)]).unwrap();
+        drop(w);
+        let (_, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
+        assert_eq!(c.entries.len(), 2);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn torn_write_with_a_missing_sector_is_repaired() {
+        // A crash mid-write in a preallocated file: some sectors of the last record reached
+        // the disk, one did not (still zeros), and later bytes of the same write did.
+        let d = dir("sector");
+        let mut w = Wal::create(&d, b"m", SEG).unwrap();
+        w.save(Some(&hs(1)), &[entry(1, 1)]).unwrap();
+        let good = w.size as usize;
+        let mut big = entry(2, 1);
+        big.data = vec![7u8; 3000];
+        let mut next = entry(3, 1);
+        next.data = vec![9u8; 100];
+        w.save(None, &[big, next]).unwrap();
+        drop(w);
+        let path = list(&d).unwrap()[0].2.clone();
+        let mut bytes = fs::read(&path).unwrap();
+        let sector = (good + 1024) & !511;
+        bytes[sector..sector + 512].fill(0);
+        fs::write(&path, &bytes).unwrap();
+        let (_, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
+        assert_eq!(c.entries.len(), 1, "the torn write is dropped");
+        assert!(c.repaired.is_some());
         let _ = fs::remove_dir_all(&d);
     }
 
     #[test]
     fn flipped_bit_in_the_middle_is_refused_with_file_and_offset() {
         let d = dir("flip");
-        let mut w = Wal::create(&d, b"m", DEFAULT_SEGMENT_SIZE).unwrap();
+        let mut w = Wal::create(&d, b"m", SEG).unwrap();
         for i in 1..=5 {
             w.save(Some(&hs(i)), &[entry(i, 1)]).unwrap();
         }
+        let written = w.size as usize;
         drop(w);
         let path = list(&d).unwrap()[0].2.clone();
         let mut bytes = fs::read(&path).unwrap();
-        let mid = bytes.len() / 2;
+        let mid = written / 2;
         bytes[mid] ^= 0x10;
         fs::write(&path, &bytes).unwrap();
-        let err = Wal::open(&d, SnapshotMarker::default(), DEFAULT_SEGMENT_SIZE)
-            .err()
-            .unwrap();
+        let err = Wal::open(&d, SnapshotMarker::default(), SEG).err().unwrap();
         let msg = err.to_string();
         assert!(
             msg.contains("corrupt record") && msg.contains(".wal at offset"),
@@ -604,7 +696,7 @@ mod tests {
     #[test]
     fn dump_lists_records_and_flags_bad_crc() {
         let d = dir("dump");
-        let mut w = Wal::create(&d, b"m", DEFAULT_SEGMENT_SIZE).unwrap();
+        let mut w = Wal::create(&d, b"m", SEG).unwrap();
         w.save(Some(&hs(1)), &[entry(1, 1)]).unwrap();
         drop(w);
         let lines = dump(&d).unwrap();
@@ -622,18 +714,13 @@ mod tests {
     #[test]
     fn missing_snapshot_marker_is_an_error() {
         let d = dir("snap");
-        let mut w = Wal::create(&d, b"m", DEFAULT_SEGMENT_SIZE).unwrap();
+        let mut w = Wal::create(&d, b"m", SEG).unwrap();
         w.save(Some(&hs(1)), &[entry(1, 1)]).unwrap();
         drop(w);
-        let err = Wal::open(
-            &d,
-            SnapshotMarker { index: 1, term: 1 },
-            DEFAULT_SEGMENT_SIZE,
-        )
-        .err();
+        let err = Wal::open(&d, SnapshotMarker { index: 1, term: 1 }, SEG).err();
         assert!(matches!(err, Some(Error::SnapshotNotFound { .. })));
         assert!(matches!(
-            Wal::create(&d, b"m", DEFAULT_SEGMENT_SIZE).err(),
+            Wal::create(&d, b"m", SEG).err(),
             Some(Error::Exists(_))
         ));
         let _ = fs::remove_dir_all(&d);

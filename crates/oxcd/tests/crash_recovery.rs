@@ -2,6 +2,11 @@
 //! acknowledged write (key, value, modifiedIndex); the member is killed at a random moment
 //! while they write, restarted on the same data dir, and every acknowledged write must be
 //! there with its index, several rounds in a row.
+//!
+//! The second test aims the crash: a failpoint (`OXCD_FAILPOINTS`) aborts the process at
+//! each step whose order durability depends on — between a write and its fdatasync, in the
+//! middle of a WAL segment cut, between a snapshot file and its WAL marker, before a purge —
+//! and the restarted member must still hold every acknowledged write.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,4 +98,93 @@ fn acknowledged_writes_survive_sigkill() {
     idx.sort_unstable();
     idx.dedup();
     assert_eq!(idx.len(), acked.len());
+}
+
+/// Writes until the server stops answering; returns what was acknowledged.
+fn write_until_gone(url: &str, tag: &str) -> Vec<(String, String, u64)> {
+    let acked: Arc<Mutex<Vec<(String, String, u64)>>> = Arc::default();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (url, acked, tag) = (url.to_string(), Arc::clone(&acked), tag.to_string());
+            std::thread::spawn(move || {
+                for i in 0..100_000 {
+                    let key = format!("/v2/keys/{tag}/w{w}/k{i}");
+                    let value = format!("{tag}-{w}-{i}");
+                    let res = oxcd_tests::ureq::put(&format!("{url}{key}"))
+                        .timeout(Duration::from_secs(5))
+                        .send_form(&[("value", value.as_str())]);
+                    let Ok(r) = res else { break };
+                    let body: serde_json::Value =
+                        serde_json::from_str(&r.into_string().unwrap_or_default())
+                            .unwrap_or_default();
+                    if let Some(idx) = body["node"]["modifiedIndex"].as_u64() {
+                        acked.lock().unwrap().push((key, value, idx));
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap();
+    acked.clone()
+}
+
+#[test]
+fn acknowledged_writes_survive_crashes_at_every_durability_step() {
+    // Small segments and frequent snapshots, so every point is reached within seconds.
+    let points = [
+        "wal_before_sync@150",
+        "wal_cut_before_rename@2",
+        "wal_cut_after_rename@3",
+        "snap_file_before_rename@2",
+        "snap_after_file_before_marker@2",
+        "snap_after_marker_before_purge@4",
+    ];
+    for point in points {
+        let mut m = Member::start_with_env(
+            Path::new(env!("CARGO_BIN_EXE_oxcd")),
+            &[
+                "--snapshot-count",
+                "30",
+                "--max-snapshots",
+                "2",
+                "--max-wals",
+                "2",
+            ],
+            &[
+                ("OXCD_FAILPOINTS", point),
+                ("OXCD_WAL_SEGMENT_BYTES", "8192"),
+            ],
+        );
+        let acked = write_until_gone(&m.client_url, "fp");
+        assert!(
+            m.wait_exit(Duration::from_secs(30)),
+            "{point}: the process did not stop at the failpoint"
+        );
+        let name = point.split('@').next().unwrap();
+        assert!(
+            m.log().contains(&format!("failpoint {name}")),
+            "{point}: stopped for another reason; log:\n{}",
+            m.log()
+        );
+        assert!(!acked.is_empty(), "{point}: nothing acknowledged");
+        m.env.clear();
+        m.restart();
+        for (key, value, idx) in &acked {
+            let r = request(&m.client_url, "GET", key, None);
+            let node = &r.json()["node"];
+            assert_eq!(
+                node["value"],
+                value.as_str(),
+                "{point}: lost {key}; log:\n{}",
+                m.log()
+            );
+            assert_eq!(node["modifiedIndex"], *idx, "{point}: {key} moved");
+        }
+        // And the member goes on writing after the repair.
+        let r = request(&m.client_url, "PUT", "/v2/keys/after", Some("value=1"));
+        assert_eq!(r.status, 201, "{point}: {}", r.body);
+    }
 }

@@ -209,6 +209,7 @@ impl RaftStorage {
             tracing::error!(error = %e, "snap: saving snapshot file failed");
             return;
         }
+        oxcd_wal::failpoint::hit("snap_after_file_before_marker");
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(wal) = wal.as_mut() {
             let marker = oxcd_wal::SnapshotMarker {
@@ -219,6 +220,7 @@ impl RaftStorage {
                 tracing::error!(error = %e, "wal: saving snapshot marker failed");
                 return;
             }
+            oxcd_wal::failpoint::hit("snap_after_marker_before_purge");
             match wal.purge(meta.index, files.max_wals) {
                 Ok(n) if n > 0 => tracing::info!(removed = n, "wal: purged old files"),
                 Ok(_) => {}

@@ -331,7 +331,12 @@ fn open_storage(
                 .map_err(|e| BootstrapError::DataDir(d.display().to_string(), e))?;
         }
     }
-    let seg = oxcd_wal::DEFAULT_SEGMENT_SIZE;
+    // etcd's 64 MB; `OXCD_WAL_SEGMENT_BYTES` shrinks it so tests see many cuts.
+    let seg = std::env::var("OXCD_WAL_SEGMENT_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&n| n >= 4096)
+        .unwrap_or(oxcd_wal::DEFAULT_SEGMENT_SIZE);
     let snapshotter = oxcd_wal::Snapshotter::new(&member_dir.join("snap"));
     let files = |snapshotter| SnapshotFiles {
         snapshotter,
