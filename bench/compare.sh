@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# compare.sh: runs one oxcd-bench workload against a fresh etcd and a fresh oxcd, alternating
+# (the order swaps every round), each round on new servers with new data dirs, and prints a
+# markdown table of the medians over the rounds: throughput, p50, p99, p99.9 and the
+# servers' peak RSS (VmHWM, largest member).
+#
+# usage: bench/compare.sh [--rounds N] [--members 1|3] [--data-root DIR] [--port P]
+#                         [--etcd PATH] -- <oxcd-bench workload and options>
+#   e.g. bench/compare.sh -- put --clients 64 --conns 64 --total 20000 --val-size 256 --key-space 100000
+#
+# Builds with `cargo build --release -p oxcd -p oxcd-bench` (honours CARGO_TARGET_DIR and
+# CARGO_BUILD_JOBS). Member k listens for clients on P+2k and for peers on P+2k+1
+# (P defaults to 24379). Needs python3 for the summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=3 members=1 data_root=${TMPDIR:-/tmp} port=24379 etcd_bin=/usr/bin/etcd
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --rounds) rounds=$2; shift 2 ;;
+        --members) members=$2; shift 2 ;;
+        --data-root) data_root=$2; shift 2 ;;
+        --port) port=$2; shift 2 ;;
+        --etcd) etcd_bin=$2; shift 2 ;;
+        --) shift; break ;;
+        -h|--help) usage ;;
+        *) echo "compare.sh: unknown option $1 (workload arguments go after --)" >&2; usage ;;
+    esac
+done
+[[ $# -gt 0 ]] || usage
+[[ $members == 1 || $members == 3 ]] || { echo "compare.sh: --members must be 1 or 3" >&2; exit 2; }
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --rounds must be a positive integer" >&2; exit 2; }
+bench_args=("$@")
+
+cargo build --release -p oxcd -p oxcd-bench
+target=${CARGO_TARGET_DIR:-target}
+oxcd_bin=$target/release/oxcd
+bench_bin=$target/release/oxcd-bench
+
+mkdir -p "$data_root"
+work=$(mktemp -d "$data_root/oxcd-compare.XXXXXX")
+pids=()
+
+stop_servers() {
+    local p i
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do
+        for ((i = 0; i < 100; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+    pids=()
+}
+trap 'stop_servers; rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
+
+port_busy() { (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+member_name() { if [[ $members == 1 ]]; then echo default; else echo "m$1"; fi; }
+
+# start_cluster KIND DIR: starts the members in the background; sets $endpoints.
+start_cluster() {
+    local kind=$1 dir=$2 bin k cport pport cluster=""
+    if [[ $kind == etcd ]]; then bin=$etcd_bin; else bin=$oxcd_bin; fi
+    for ((k = 0; k < members; k++)); do
+        cluster+="${cluster:+,}$(member_name "$k")=http://127.0.0.1:$((port + 2 * k + 1))"
+    done
+    endpoints=""
+    for ((k = 0; k < members; k++)); do
+        cport=$((port + 2 * k)) pport=$((port + 2 * k + 1))
+        if port_busy "$cport" || port_busy "$pport"; then
+            echo "compare.sh: port $cport or $pport is in use (choose another with --port)" >&2
+            exit 1
+        fi
+        endpoints+="${endpoints:+,}http://127.0.0.1:$cport"
+        "$bin" --name "$(member_name "$k")" --data-dir "$dir/$(member_name "$k")" \
+            --enable-v2=true \
+            --listen-client-urls "http://127.0.0.1:$cport" \
+            --advertise-client-urls "http://127.0.0.1:$cport" \
+            --listen-peer-urls "http://127.0.0.1:$pport" \
+            --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+            --initial-cluster "$cluster" \
+            --initial-cluster-token "compare-$kind" \
+            --initial-cluster-state new \
+            >"$dir/$(member_name "$k").log" 2>&1 &
+        pids+=($!)
+    done
+    # Ready once a write goes through on every member (a leader is elected).
+    local deadline=$((SECONDS + 60)) ep ok
+    for ep in ${endpoints//,/ }; do
+        ok=0
+        while ((SECONDS < deadline)); do
+            if curl -sf -o /dev/null -X PUT "$ep/v2/keys/compare-ready" -d value=1 --max-time 2; then
+                ok=1
+                break
+            fi
+            sleep 0.2
+        done
+        if ((ok == 0)); then
+            echo "compare.sh: $kind did not become ready at $ep; log tail:" >&2
+            tail -n 20 "$dir"/*.log >&2
+            exit 1
+        fi
+    done
+}
+
+# Peak RSS in kB of the largest member.
+peak_rss() {
+    local p v max=0
+    for p in "${pids[@]}"; do
+        v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+        ((${v:-0} > max)) && max=$v
+    done
+    echo "$max"
+}
+
+# run_line KIND JSON RSS_KB: one line per run on stderr.
+run_line() {
+    python3 - "$@" >&2 <<'EOF' || true
+import json, sys
+kind, path, rss = sys.argv[1], sys.argv[2], int(sys.argv[3] or 0)
+try:
+    r = json.load(open(path))
+except ValueError:
+    sys.exit(print(f"   {kind}: no result"))
+l = r["latency_ms"]
+print(f"   {kind}: {r['throughput']:.0f}/s  p50 {l['p50']:.2f} ms  p99 {l['p99']:.2f} ms  "
+      f"errors {sum(r['errors'].values())}  peak RSS {rss / 1024:.1f} MB")
+EOF
+}
+
+run_one() {
+    local kind=$1 round=$2 dir out
+    dir=$work/$kind-$round
+    mkdir -p "$dir"
+    start_cluster "$kind" "$dir"
+    echo "== round $round: $kind ($endpoints)" >&2
+    out=$work/$kind-$round.json
+    if ! "$bench_bin" --endpoints "$endpoints" --json "${bench_args[@]}" >"$out"; then
+        echo "compare.sh: oxcd-bench reported a failure against $kind (round $round)" >&2
+    fi
+    peak_rss >"$work/$kind-$round.rss"
+    run_line "$kind" "$out" "$(cat "$work/$kind-$round.rss")"
+    stop_servers
+    rm -rf "$dir"
+}
+
+for ((r = 1; r <= rounds; r++)); do
+    if ((r % 2 == 1)); then order=(etcd oxcd); else order=(oxcd etcd); fi
+    for kind in "${order[@]}"; do run_one "$kind" "$r"; done
+done
+
+etcd_version=$("$etcd_bin" --version 2>/dev/null | awk '/etcd Version/ {print $3}')
+python3 - "$work" "$rounds" "$members" "${etcd_version:-?}" "${bench_args[*]}" <<'EOF'
+import json, os, statistics, sys
+work, rounds, members, etcd_version, args = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+
+def load(kind):
+    runs = []
+    for r in range(1, rounds + 1):
+        try:
+            with open(os.path.join(work, f"{kind}-{r}.json")) as f:
+                res = json.loads(f.read().strip().splitlines()[-1])
+        except (OSError, ValueError, IndexError):
+            continue
+        with open(os.path.join(work, f"{kind}-{r}.rss")) as f:
+            res["rss_mb"] = int(f.read().strip() or 0) / 1024
+        runs.append(res)
+    return runs
+
+data = {k: load(k) for k in ("etcd", "oxcd")}
+watch = any("delivered" in r for runs in data.values() for r in runs)
+figures = [
+    ("throughput (events/s)" if watch else "throughput (req/s)", lambda r: r["throughput"]),
+    ("p50 (ms)", lambda r: r["latency_ms"]["p50"]),
+    ("p99 (ms)", lambda r: r["latency_ms"]["p99"]),
+    ("p99.9 (ms)", lambda r: r["latency_ms"]["p999"]),
+    ("errors", lambda r: sum(r["errors"].values())),
+]
+if watch:
+    figures.append(("delivered / expected", lambda r: r["delivered"] / max(r["expected"], 1)))
+figures.append(("peak RSS (MB%s)" % (", largest member" if members != "1" else ""), lambda r: r["rss_mb"]))
+
+def fmt(x):
+    if x is None:
+        return "n/a"
+    if x == int(x) and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.2f}" if abs(x) >= 1 else f"{x:.3f}"
+
+print(f"\nworkload: `{args}`; {members} member(s); median of {rounds} round(s) "
+      f"(got {len(data['etcd'])} etcd, {len(data['oxcd'])} oxcd); etcd {etcd_version}\n")
+print("| figure | etcd | oxcd | ratio (oxcd/etcd) |")
+print("|---|---|---|---|")
+for name, get in figures:
+    med = {k: (statistics.median(get(r) for r in runs) if runs else None) for k, runs in data.items()}
+    e, o = med["etcd"], med["oxcd"]
+    ratio = f"{o / e:.2f}" if e and o is not None else "n/a"
+    print(f"| {name} | {fmt(e)} | {fmt(o)} | {ratio} |")
+EOF
