@@ -142,6 +142,23 @@ impl Snapshotter {
             .collect()
     }
 
+    /// Snapshot files as (index, term, path), newest first, without reading them.
+    pub fn newest_first(&self) -> Vec<(u64, u64, PathBuf)> {
+        let mut names = self.names();
+        names.reverse();
+        names
+    }
+
+    /// Reads one snapshot file; `None` if it is missing or fails its check.
+    pub fn load_file(path: &Path) -> Option<Snapshot> {
+        fs::read(path).ok().as_deref().and_then(decode)
+    }
+
+    /// Reads the snapshot at `term`/`index`; `None` if it is missing or fails its check.
+    pub fn load(&self, term: u64, index: u64) -> Option<Snapshot> {
+        Self::load_file(&self.dir.join(format!("{term:016x}-{index:016x}.snap")))
+    }
+
     /// Deletes the oldest snapshots while more than `max` remain (0 = keep all).
     pub fn purge(&self, max: usize) -> usize {
         let names = self.names();

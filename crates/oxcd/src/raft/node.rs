@@ -23,6 +23,10 @@ pub enum RaftInput {
     /// Propose an encoded request; `id` is reported back through
     /// [`Applier::proposal_dropped`] if raft refuses it.
     Propose { id: u64, data: Vec<u8> },
+    /// A linearizable read: `id` is reported through [`Applier::reads_ready`] once this
+    /// member has applied everything committed when the read arrived (raft's ReadIndex), or
+    /// through [`Applier::proposal_dropped`] if it cannot be served now (no leader).
+    ReadIndex { id: u64 },
     /// A message from a peer.
     Step(Message),
     /// The transport could not deliver to this member (raft probes it more gently).
@@ -43,8 +47,10 @@ pub trait Applier: Send {
     /// Called on the raft thread after every handled Ready and tick: a chance for periodic
     /// proposals (SYNC, publish). Returns encoded requests to propose.
     fn periodic(&mut self, is_leader: bool, leader_id: u64) -> Vec<Vec<u8>>;
-    /// Raft refused the proposal with this ID (no leader known yet).
+    /// Raft refused the proposal (or read) with this ID (no leader known yet).
     fn proposal_dropped(&mut self, id: u64);
+    /// These reads may now be served from the local state machine.
+    fn reads_ready(&mut self, ids: &[u64]);
     /// The full state machine state, for a snapshot at the last applied index.
     fn snapshot_data(&mut self) -> Vec<u8>;
     /// Replaces the state machine with a snapshot received from the leader. An error means
@@ -135,6 +141,13 @@ pub struct RaftNode<A: Applier, T: Transport> {
     applied: u64,
     /// Campaign once the pending configuration is applied (one-member clusters).
     campaign_pending: bool,
+    /// Reads received since the last Ready; they share one ReadIndex request.
+    read_batch: Vec<u64>,
+    /// ReadIndex requests in flight: context → the reads waiting on it.
+    reads_in_flight: std::collections::HashMap<u64, Vec<u64>>,
+    /// Reads whose read index is known, waiting for apply to reach it.
+    reads_confirmed: Vec<(u64, Vec<u64>)>,
+    next_read_ctx: u64,
 }
 
 impl<A: Applier, T: Transport> RaftNode<A, T> {
@@ -170,6 +183,10 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
             snapshot_index: cfg.applied,
             applied: cfg.applied,
             campaign_pending: false,
+            read_batch: Vec::new(),
+            reads_in_flight: std::collections::HashMap::new(),
+            reads_confirmed: Vec::new(),
+            next_read_ctx: 1,
         };
         // A one-member cluster need not wait a full election timeout for its only vote; it
         // campaigns as soon as its bootstrap configuration is applied.
@@ -238,11 +255,23 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
 
     /// Handles one `Ready` if there is one: send, persist, apply, advance.
     pub fn handle_ready(&mut self) -> raft::Result<()> {
+        self.flush_reads();
         if !self.raw.has_ready() {
             self.maybe_campaign();
             return Ok(());
         }
         let mut ready = self.raw.ready();
+        for rs in ready.take_read_states() {
+            let ctx = rs
+                .request_ctx
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if let Some(ids) = self.reads_in_flight.remove(&ctx) {
+                self.reads_confirmed.push((rs.index, ids));
+            }
+        }
 
         if let Some(ss) = ready.ss() {
             self.on_soft_state(ss.leader_id, ss.raft_state);
@@ -294,9 +323,50 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
         }
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
+        self.release_reads();
         self.maybe_snapshot();
         self.maybe_campaign();
         Ok(())
+    }
+
+    /// Sends one ReadIndex request for every read queued since the last Ready (a leader
+    /// confirms it still leads with one heartbeat round for the whole batch). Without a
+    /// known leader the reads are dropped, and their requesters retry.
+    fn flush_reads(&mut self) {
+        if self.read_batch.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.read_batch);
+        if self.raw.raft.leader_id == 0 {
+            for id in ids {
+                self.applier.proposal_dropped(id);
+            }
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        self.reads_in_flight.insert(ctx, ids);
+    }
+
+    /// Serves the reads whose read index this member has applied.
+    fn release_reads(&mut self) {
+        if self.reads_confirmed.is_empty() {
+            return;
+        }
+        let applied = self.applied;
+        let mut ready = Vec::new();
+        self.reads_confirmed.retain_mut(|(index, ids)| {
+            if *index <= applied {
+                ready.append(ids);
+                false
+            } else {
+                true
+            }
+        });
+        if !ready.is_empty() {
+            self.applier.reads_ready(&ready);
+        }
     }
 
     /// A one-member cluster campaigns at once, as soon as everything committed (its
@@ -346,6 +416,13 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
             .is_leader
             .store(role == StateRole::Leader, Ordering::Relaxed);
         if prev != leader_id {
+            // Read requests sent to the old leader may never be answered: let their
+            // requesters try again with the new one.
+            for (_, ids) in std::mem::take(&mut self.reads_in_flight) {
+                for id in ids {
+                    self.applier.proposal_dropped(id);
+                }
+            }
             if leader_id != 0 {
                 self.status.leader_changes.fetch_add(1, Ordering::Relaxed);
             }
@@ -478,6 +555,10 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
                 if !self.propose(data) {
                     self.applier.proposal_dropped(id);
                 }
+                false
+            }
+            RaftInput::ReadIndex { id } => {
+                self.read_batch.push(id);
                 false
             }
             RaftInput::Step(msg) => {

@@ -96,6 +96,7 @@ impl Applier for Log {
         Vec::new()
     }
     fn proposal_dropped(&mut self, _id: u64) {}
+    fn reads_ready(&mut self, _ids: &[u64]) {}
     fn snapshot_data(&mut self) -> Vec<u8> {
         let log = self.0.lock().unwrap().clone();
         let store = String::from_utf8(self.store_state()).unwrap();

@@ -190,11 +190,12 @@ impl RaftStorage {
     }
 
     /// Makes a local snapshot durable: the snapshot file first, then its marker in the WAL,
-    /// then old WAL and snapshot files beyond the retention limits are purged.
-    fn save_snapshot_files(&self, snap: &Snapshot) {
+    /// then old WAL and snapshot files beyond the retention limits are purged. True when the
+    /// snapshot file was written.
+    fn save_snapshot_files(&self, snap: &Snapshot) -> bool {
         let guard = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
         let Some(files) = guard.as_ref() else {
-            return;
+            return false;
         };
         let meta = snap.get_metadata();
         let cs = meta.get_conf_state();
@@ -207,7 +208,7 @@ impl RaftStorage {
         };
         if let Err(e) = files.snapshotter.save(&file) {
             tracing::error!(error = %e, "snap: saving snapshot file failed");
-            return;
+            return false;
         }
         oxcd_wal::failpoint::hit("snap_after_file_before_marker");
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
@@ -218,7 +219,7 @@ impl RaftStorage {
             };
             if let Err(e) = wal.save_snapshot(marker) {
                 tracing::error!(error = %e, "wal: saving snapshot marker failed");
-                return;
+                return true;
             }
             oxcd_wal::failpoint::hit("snap_after_marker_before_purge");
             match wal.purge(meta.index, files.max_wals) {
@@ -231,6 +232,7 @@ impl RaftStorage {
         if n > 0 {
             tracing::info!(removed = n, "snap: purged old snapshot files");
         }
+        true
     }
 
     /// Attaches the write-ahead log that `persist` writes through.
@@ -254,6 +256,7 @@ impl RaftStorage {
             // to the older state and the leader sends the snapshot again.
             self.save_snapshot_files(snap);
         }
+        let saved_snapshot = snapshot.map(|s| s.get_metadata().index);
         if let Some(wal) = self.wal.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             let hs = hard_state.map(|h| oxcd_wal::HardState {
                 term: h.term,
@@ -286,6 +289,17 @@ impl RaftStorage {
         if let Some(hs) = hard_state {
             core.hard_state = hs.clone();
         }
+        drop(core);
+        if let Some(index) = saved_snapshot {
+            if self
+                .snapshots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+            {
+                self.drop_snapshot_data(index);
+            }
+        }
         Ok(())
     }
 
@@ -317,9 +331,21 @@ impl RaftStorage {
             return;
         }
         core.entries.retain(|e| e.index > index);
-        core.snapshot = snap.clone();
+        core.snapshot = snap;
+        let snap = core.snapshot.clone();
         drop(core);
-        self.save_snapshot_files(&snap);
+        if self.save_snapshot_files(&snap) {
+            self.drop_snapshot_data(index);
+        }
+    }
+
+    /// Once a snapshot is in its file, memory keeps only its metadata: the store state can
+    /// be as large as the store itself, and is read back only for a lagging follower.
+    fn drop_snapshot_data(&self, index: u64) {
+        let mut core = self.wl();
+        if core.snapshot.get_metadata().index == index {
+            core.snapshot.data = Default::default();
+        }
     }
 
     /// The latest snapshot (index 0 if none).
@@ -420,7 +446,25 @@ impl Storage for RaftStorage {
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        Ok(core.snapshot.clone())
+        let mut snap = core.snapshot.clone();
+        drop(core);
+        if snap.data.is_empty() {
+            let meta = snap.get_metadata();
+            let (term, index) = (meta.term, meta.index);
+            let files = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+            match files.as_ref().and_then(|f| f.snapshotter.load(term, index)) {
+                Some(file) => snap.data = file.data.into(),
+                None => {
+                    // Purged or damaged since: a new snapshot comes with the next
+                    // --snapshot-count entries; raft asks again.
+                    tracing::warn!(index, "snap: snapshot file for a follower unreadable");
+                    return Err(raft::Error::Store(
+                        StorageError::SnapshotTemporarilyUnavailable,
+                    ));
+                }
+            }
+        }
+        Ok(snap)
     }
 }
 

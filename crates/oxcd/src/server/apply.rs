@@ -340,6 +340,12 @@ impl Applier for ServerApplier {
     fn proposal_dropped(&mut self, id: u64) {
         self.shared.wait.trigger(id, Outcome::Dropped);
     }
+
+    fn reads_ready(&mut self, ids: &[u64]) {
+        for &id in ids {
+            self.shared.wait.trigger(id, Outcome::Readable);
+        }
+    }
 }
 
 /// Rebuilds the member list and cluster version from the store's `/0` namespace (after a

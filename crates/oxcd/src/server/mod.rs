@@ -53,6 +53,8 @@ pub enum Outcome {
     /// Raft refused the proposal (no leader known): it is not in the log, so it may be
     /// proposed again.
     Dropped,
+    /// A linearizable read may now be served locally.
+    Readable,
 }
 
 /// State shared by the raft thread (apply) and the HTTP handlers.
@@ -132,14 +134,44 @@ impl EtcdServer {
         }
     }
 
-    /// Proposes a v2 write (or quorum read) and waits for its applied result.
+    /// Proposes a v2 write and waits for its applied result. A quorum read does not go
+    /// through the log: it waits for raft's ReadIndex and then reads the local store, which
+    /// has by then applied everything committed before the read arrived (linearizable, with
+    /// no log entry and no fsync).
     pub async fn do_v2(&self, req: V2Request) -> Result<ApplyResult, ServerError> {
-        self.propose(RequestBody::V2(req)).await
+        if let V2Request::QuorumGet {
+            path,
+            recursive,
+            sorted,
+        } = &req
+        {
+            let id = self.shared.ids.next();
+            return match self.submit(id, || RaftInput::ReadIndex { id }).await? {
+                Outcome::Readable => Ok(self.get(path, *recursive, *sorted)),
+                // A read is never applied through the log; keep the compiler honest.
+                Outcome::Applied(res) => Ok(res),
+                Outcome::Dropped => Err(ServerError::Timeout),
+            };
+        }
+        let id = self.shared.ids.next();
+        let data = RaftRequest {
+            id,
+            body: RequestBody::V2(req),
+        }
+        .encode();
+        let propose = || RaftInput::Propose {
+            id,
+            data: data.clone(),
+        };
+        match self.submit(id, propose).await? {
+            Outcome::Applied(res) => Ok(res),
+            Outcome::Readable | Outcome::Dropped => Err(ServerError::Timeout),
+        }
     }
 
-    async fn propose(&self, body: RequestBody) -> Result<ApplyResult, ServerError> {
-        let id = self.shared.ids.next();
-        let data = RaftRequest { id, body }.encode();
+    /// Registers a waiter for `id`, sends `input()` to raft and waits for the outcome. While raft drops it for want of a leader (an election, or this member is cut
+    /// off), it is sent again, as etcd keeps waiting, until the request timeout.
+    async fn submit(&self, id: u64, input: impl Fn() -> RaftInput) -> Result<Outcome, ServerError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         // Removes the registration if this future is dropped (client went away) or times out.
         let _guard = WaitGuard {
@@ -148,17 +180,10 @@ impl EtcdServer {
         };
         loop {
             let rx = self.shared.wait.register(id);
-            let input = RaftInput::Propose {
-                id,
-                data: data.clone(),
-            };
-            if !self.raft.send(input) {
+            if !self.raft.send(input()) {
                 return Err(ServerError::Stopped);
             }
             match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(Outcome::Applied(res))) => return Ok(res),
-                // No leader right now (an election, or this member is cut off): like etcd,
-                // keep trying until the request times out rather than fail at once.
                 Ok(Ok(Outcome::Dropped)) => {
                     let pause = tokio::time::Instant::now() + PROPOSE_RETRY;
                     tokio::time::sleep_until(pause.min(deadline)).await;
@@ -166,6 +191,7 @@ impl EtcdServer {
                         return Err(ServerError::Timeout);
                     }
                 }
+                Ok(Ok(outcome)) => return Ok(outcome),
                 Ok(Err(_)) => return Err(ServerError::Stopped),
                 Err(_) => return Err(ServerError::Timeout),
             }
@@ -348,23 +374,14 @@ fn open_storage(
         // The newest snapshot whose marker the WAL holds. A crash between writing a snapshot
         // file and its WAL marker leaves a snapshot the WAL does not know: the WAL still
         // holds everything since the previous one, so fall back to that (or to a full replay).
-        let mut candidates: Vec<oxcd_wal::Snapshot> = snapshotter
-            .list()
-            .into_iter()
-            .filter_map(|(path, s)| {
-                if s.is_none() {
-                    tracing::warn!(file = %path.display(), "snap: damaged snapshot file skipped");
-                }
-                s
-            })
-            .collect();
-        candidates.insert(0, oxcd_wal::Snapshot::default()); // full replay, tried last
+        // Files are read one at a time, newest first: usually only the newest is read.
         let mut opened = None;
-        for cand in candidates.into_iter().rev() {
-            let marker = oxcd_wal::SnapshotMarker {
-                index: cand.index,
-                term: cand.term,
+        for (index, term, path) in snapshotter.newest_first() {
+            let Some(cand) = oxcd_wal::Snapshotter::load_file(&path) else {
+                tracing::warn!(file = %path.display(), "snap: damaged snapshot file skipped");
+                continue;
             };
+            let marker = oxcd_wal::SnapshotMarker { index, term };
             match oxcd_wal::Wal::open(&wal_dir, marker, seg) {
                 Ok(x) => {
                     opened = Some((x, cand));
@@ -379,8 +396,12 @@ fn open_storage(
                 Err(e) => return Err(e.into()),
             }
         }
-        let Some(((wal, contents), chosen)) = opened else {
-            return Err(oxcd_wal::Error::SnapshotNotFound { index: 0, term: 0 }.into());
+        let ((wal, contents), chosen) = match opened {
+            Some(x) => x,
+            None => (
+                oxcd_wal::Wal::open(&wal_dir, oxcd_wal::SnapshotMarker::default(), seg)?,
+                oxcd_wal::Snapshot::default(),
+            ),
         };
         let snap = (chosen.index > 0).then_some(chosen);
         if let Some(where_) = &contents.repaired {
@@ -418,8 +439,7 @@ fn open_storage(
             meta.term = s.term;
             meta.mut_conf_state().voters = s.voters.clone();
             meta.mut_conf_state().learners = s.learners.clone();
-            // Kept so a lagging follower can be sent this snapshot.
-            rs.data = s.data.clone().into();
+            // The data stays on disk; a lagging follower's copy is read from the file.
             rs
         });
         let storage = RaftStorage::restore(raft_snap, raft_hs, entries);
