@@ -77,6 +77,24 @@ struct Saved {
     root: Node,
 }
 
+/// A store's snapshot state, detached from the store (see [`Store::clone_state`]).
+#[derive(Debug, Clone)]
+pub struct SavedState {
+    index: u64,
+    root: Node,
+}
+
+impl SavedState {
+    /// Encodes it exactly as [`Store::save`] would have.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&SavedRef {
+            index: self.index,
+            root: &self.root,
+        })
+        .unwrap_or_default()
+    }
+}
+
 /// Go's `path.Clean(path.Join("/", p))`.
 fn clean(p: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
@@ -680,6 +698,16 @@ impl Store {
     /// Whether any node has a TTL (the leader proposes SYNC only then).
     pub fn has_ttl_keys(&self) -> bool {
         !self.ttl.is_empty()
+    }
+
+    /// A copy of what a snapshot holds, to encode elsewhere: copying the tree is several
+    /// times cheaper than encoding it, so the lock (and the raft thread) is held only for
+    /// the copy — etcd clones its store for the same reason.
+    pub fn clone_state(&self) -> SavedState {
+        SavedState {
+            index: self.index,
+            root: self.root.clone(),
+        }
     }
 
     /// The state for a snapshot: index and tree (not watchers, not the history).

@@ -183,3 +183,22 @@ fn snapshot_round_trip() {
     );
     assert!(r.recovery(b"garbage").is_err());
 }
+
+#[test]
+fn detached_state_encodes_like_save_and_stays_put() {
+    let mut s = store();
+    let t = now();
+    s.set("/1/a", false, "1", TtlOptions::default(), t).unwrap();
+    s.set("/1/d/b", false, "2", TtlOptions::default(), t)
+        .unwrap();
+    let state = s.clone_state();
+    assert_eq!(state.encode(), s.save());
+    let before = s.save();
+    // Later changes do not leak into the copy (it is encoded on another thread).
+    s.set("/1/a", false, "changed", TtlOptions::default(), t)
+        .unwrap();
+    assert_eq!(state.encode(), before);
+    let mut restored = store();
+    restored.recovery(&state.encode()).unwrap();
+    assert_eq!(restored.save(), before);
+}

@@ -68,6 +68,7 @@ fn decode(b: &[u8]) -> Option<Snapshot> {
 }
 
 /// Reads and writes the snapshot files of one directory.
+#[derive(Debug, Clone)]
 pub struct Snapshotter {
     dir: PathBuf,
 }

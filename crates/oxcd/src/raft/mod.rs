@@ -22,6 +22,8 @@ pub mod logger;
 pub mod node;
 pub mod storage;
 
-pub use node::{Applier, RaftConfig, RaftHandle, RaftInput, RaftNode, RaftStatus, Transport};
+pub use node::{
+    Applier, RaftConfig, RaftHandle, RaftInput, RaftNode, RaftStatus, SnapshotJob, Transport,
+};
 #[cfg(test)]
 mod sim_tests;

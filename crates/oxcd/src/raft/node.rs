@@ -51,12 +51,17 @@ pub trait Applier: Send {
     fn proposal_dropped(&mut self, id: u64);
     /// These reads may now be served from the local state machine.
     fn reads_ready(&mut self, ids: &[u64]);
-    /// The full state machine state, for a snapshot at the last applied index.
-    fn snapshot_data(&mut self) -> Vec<u8>;
+    /// The state machine state at the last applied index, as a job that encodes it. The
+    /// job may run on another thread while entries keep being applied, so it must own a
+    /// copy of the state.
+    fn snapshot_job(&mut self) -> SnapshotJob;
     /// Replaces the state machine with a snapshot received from the leader. An error means
     /// the data cannot be read; the member stops rather than serve a state it does not have.
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String>;
 }
+
+/// Encodes a copy of the state machine for a snapshot.
+pub type SnapshotJob = Box<dyn FnOnce() -> Vec<u8> + Send>;
 
 /// Sends raft messages to peers. Must not block the raft thread.
 pub trait Transport: Send {
@@ -104,6 +109,9 @@ pub struct RaftConfig {
     pub applied: u64,
     /// Take a snapshot every this many applied entries (`--snapshot-count`); 0 = never.
     pub snapshot_count: u64,
+    /// Encode and write snapshots on a background thread (the server); tests that need
+    /// determinism take them inline.
+    pub background_snapshots: bool,
 }
 
 /// A handle to the raft thread.
@@ -148,6 +156,10 @@ pub struct RaftNode<A: Applier, T: Transport> {
     /// Reads whose read index is known, waiting for apply to reach it.
     reads_confirmed: Vec<(u64, Vec<u64>)>,
     next_read_ctx: u64,
+    background_snapshots: bool,
+    /// A snapshot being encoded and written in the background: its metadata arrives here
+    /// once its file is on disk (None if writing failed).
+    snapshot_in_progress: Option<Receiver<Option<Snapshot>>>,
 }
 
 impl<A: Applier, T: Transport> RaftNode<A, T> {
@@ -187,6 +199,8 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
             reads_in_flight: std::collections::HashMap::new(),
             reads_confirmed: Vec::new(),
             next_read_ctx: 1,
+            background_snapshots: cfg.background_snapshots,
+            snapshot_in_progress: None,
         };
         // A one-member cluster need not wait a full election timeout for its only vote; it
         // campaigns as soon as its bootstrap configuration is applied.
@@ -381,9 +395,14 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
     }
 
     /// Takes a snapshot when `snapshot_count` entries were applied since the last one, and
-    /// compacts the in-memory log up to it.
+    /// compacts the in-memory log up to it. In the background mode the applier's copy of
+    /// the state is encoded and written to its file on another thread; the log is compacted
+    /// and the WAL marker written when the file is on disk ([`Self::poll_snapshot`]).
     fn maybe_snapshot(&mut self) {
-        if self.snapshot_count == 0 || self.applied < self.snapshot_index + self.snapshot_count {
+        if self.snapshot_in_progress.is_some()
+            || self.snapshot_count == 0
+            || self.applied < self.snapshot_index + self.snapshot_count
+        {
             return;
         }
         let index = self.applied;
@@ -391,23 +410,88 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
             return;
         };
         let started = Instant::now();
-        let data = self.applier.snapshot_data();
+        let job = self.applier.snapshot_job();
         let mut snap = Snapshot::default();
-        snap.data = data.into();
         let meta = snap.mut_metadata();
         meta.index = index;
         meta.term = term;
         meta.set_conf_state(self.storage.conf_state());
-        let size = snap.data.len();
-        self.storage.install_local_snapshot(snap);
+        // Counted from now: no second snapshot is started while this one is written.
         self.snapshot_index = index;
-        tracing::info!(
-            index,
-            term,
-            bytes = size,
-            took_ms = started.elapsed().as_millis() as u64,
-            "raft: snapshot taken, log compacted"
-        );
+        let writer = self.storage.snapshot_writer();
+        if !self.background_snapshots || writer.is_none() {
+            snap.data = job().into();
+            let size = snap.data.len();
+            self.storage.install_local_snapshot(snap);
+            tracing::info!(
+                index,
+                term,
+                bytes = size,
+                took_ms = started.elapsed().as_millis() as u64,
+                "raft: snapshot taken, log compacted"
+            );
+            return;
+        }
+        let writer = writer.expect("checked above");
+        let copied_ms = started.elapsed().as_millis() as u64;
+        let (tx, rx) = mpsc::channel();
+        self.snapshot_in_progress = Some(rx);
+        let spawned = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                let data = job();
+                let size = data.len();
+                let cs = snap.get_metadata().get_conf_state();
+                let file = oxcd_wal::Snapshot {
+                    term,
+                    index,
+                    voters: cs.voters.clone(),
+                    learners: cs.learners.clone(),
+                    data,
+                };
+                match writer.save(&file) {
+                    Ok(path) => {
+                        tracing::info!(
+                            index,
+                            term,
+                            bytes = size,
+                            copy_ms = copied_ms,
+                            took_ms = started.elapsed().as_millis() as u64,
+                            file = %path.display(),
+                            "snap: snapshot file written"
+                        );
+                        let _ = tx.send(Some(snap));
+                    }
+                    Err(e) => {
+                        tracing::error!(index, error = %e, "snap: saving snapshot file failed");
+                        let _ = tx.send(None);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "snap: cannot start the snapshot thread");
+            self.snapshot_in_progress = None;
+        }
+    }
+
+    /// Finishes a background snapshot whose file is written: compaction, WAL marker, purge.
+    pub fn poll_snapshot(&mut self) {
+        let Some(rx) = &self.snapshot_in_progress else {
+            return;
+        };
+        match rx.try_recv() {
+            Ok(Some(snap)) => {
+                self.snapshot_in_progress = None;
+                let index = snap.get_metadata().index;
+                self.storage.install_saved_snapshot(snap);
+                tracing::info!(index, "raft: snapshot recorded, log compacted");
+            }
+            Ok(None) | Err(mpsc::TryRecvError::Disconnected) => {
+                // Try again after the next --snapshot-count entries.
+                self.snapshot_in_progress = None;
+            }
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
     }
 
     fn on_soft_state(&mut self, leader_id: u64, role: StateRole) {
@@ -542,6 +626,7 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
                 tracing::error!(error = %e, "raft: storage failure, stopping");
                 return;
             }
+            self.poll_snapshot();
             if stop {
                 tracing::info!("raft: stopped");
                 return;

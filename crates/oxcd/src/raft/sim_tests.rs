@@ -97,10 +97,10 @@ impl Applier for Log {
     }
     fn proposal_dropped(&mut self, _id: u64) {}
     fn reads_ready(&mut self, _ids: &[u64]) {}
-    fn snapshot_data(&mut self) -> Vec<u8> {
+    fn snapshot_job(&mut self) -> super::SnapshotJob {
         let log = self.0.lock().unwrap().clone();
         let store = String::from_utf8(self.store_state()).unwrap();
-        serde_json::to_vec(&(log, store)).unwrap()
+        Box::new(move || serde_json::to_vec(&(log, store)).unwrap())
     }
     fn restore(&mut self, _index: u64, data: &[u8]) -> Result<(), String> {
         let (log, store): (Applied, String) =
@@ -139,6 +139,7 @@ impl Sim {
                 election_ticks: 10,
                 applied: 0,
                 snapshot_count: 25,
+                background_snapshots: false,
             };
             let node = RaftNode::new(
                 &cfg,

@@ -189,27 +189,34 @@ impl RaftStorage {
         *self.snapshots.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);
     }
 
-    /// Makes a local snapshot durable: the snapshot file first, then its marker in the WAL,
-    /// then old WAL and snapshot files beyond the retention limits are purged. True when the
+    /// Where snapshot files go, for a background snapshot (None for memory-only members).
+    pub fn snapshot_writer(&self) -> Option<oxcd_wal::Snapshotter> {
+        let guard = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().map(|f| f.snapshotter.clone())
+    }
+
+    /// Makes a snapshot durable: the snapshot file first, then its marker in the WAL, then
+    /// old WAL and snapshot files beyond the retention limits are purged. True when the
     /// snapshot file was written.
     fn save_snapshot_files(&self, snap: &Snapshot) -> bool {
-        let guard = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(files) = guard.as_ref() else {
+        let Some(writer) = self.snapshot_writer() else {
             return false;
         };
-        let meta = snap.get_metadata();
-        let cs = meta.get_conf_state();
-        let file = oxcd_wal::Snapshot {
-            term: meta.term,
-            index: meta.index,
-            voters: cs.voters.clone(),
-            learners: cs.learners.clone(),
-            data: snap.data.to_vec(),
-        };
-        if let Err(e) = files.snapshotter.save(&file) {
+        if let Err(e) = write_snapshot_file(&writer, snap) {
             tracing::error!(error = %e, "snap: saving snapshot file failed");
             return false;
         }
+        self.record_snapshot(snap);
+        true
+    }
+
+    /// The steps after a snapshot file is on disk: its WAL marker, then purges.
+    fn record_snapshot(&self, snap: &Snapshot) {
+        let guard = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(files) = guard.as_ref() else {
+            return;
+        };
+        let meta = snap.get_metadata();
         oxcd_wal::failpoint::hit("snap_after_file_before_marker");
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(wal) = wal.as_mut() {
@@ -219,7 +226,7 @@ impl RaftStorage {
             };
             if let Err(e) = wal.save_snapshot(marker) {
                 tracing::error!(error = %e, "wal: saving snapshot marker failed");
-                return true;
+                return;
             }
             oxcd_wal::failpoint::hit("snap_after_marker_before_purge");
             match wal.purge(meta.index, files.max_wals) {
@@ -232,7 +239,6 @@ impl RaftStorage {
         if n > 0 {
             tracing::info!(removed = n, "snap: purged old snapshot files");
         }
-        true
     }
 
     /// Attaches the write-ahead log that `persist` writes through.
@@ -339,6 +345,23 @@ impl RaftStorage {
         }
     }
 
+    /// Installs a snapshot whose file a background thread already wrote: compacts the log,
+    /// records the WAL marker, purges. Stale (an older snapshot than the log already starts
+    /// from, e.g. one received from the leader meanwhile) is ignored.
+    pub fn install_saved_snapshot(&mut self, snap: Snapshot) {
+        let mut core = self.wl();
+        let index = snap.get_metadata().index;
+        if index <= core.snapshot.get_metadata().index || index > core.last_index() {
+            return;
+        }
+        core.entries.retain(|e| e.index > index);
+        core.snapshot = snap;
+        core.snapshot.data = Default::default();
+        let snap = core.snapshot.clone();
+        drop(core);
+        self.record_snapshot(&snap);
+    }
+
     /// Once a snapshot is in its file, memory keeps only its metadata: the store state can
     /// be as large as the store itself, and is read back only for a lagging follower.
     fn drop_snapshot_data(&self, index: u64) {
@@ -352,6 +375,22 @@ impl RaftStorage {
     pub fn latest_snapshot(&self) -> Snapshot {
         self.rl().snapshot.clone()
     }
+}
+
+/// Writes a raft snapshot to its file (synchronously; callable from any thread).
+pub fn write_snapshot_file(
+    writer: &oxcd_wal::Snapshotter,
+    snap: &Snapshot,
+) -> oxcd_wal::Result<std::path::PathBuf> {
+    let meta = snap.get_metadata();
+    let cs = meta.get_conf_state();
+    writer.save(&oxcd_wal::Snapshot {
+        term: meta.term,
+        index: meta.index,
+        voters: cs.voters.clone(),
+        learners: cs.learners.clone(),
+        data: snap.data.to_vec(),
+    })
 }
 
 /// The bootstrap entries of a new cluster (see [`RaftStorage::new_bootstrap`]).

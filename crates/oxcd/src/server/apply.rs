@@ -306,12 +306,14 @@ impl Applier for ServerApplier {
         out
     }
 
-    fn snapshot_data(&mut self) -> Vec<u8> {
-        self.shared
+    fn snapshot_job(&mut self) -> crate::raft::SnapshotJob {
+        let state = self
+            .shared
             .store
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .save()
+            .clone_state();
+        Box::new(move || state.encode())
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String> {

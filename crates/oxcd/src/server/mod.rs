@@ -530,6 +530,7 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         election_ticks,
         applied,
         snapshot_count: opts.snapshot_count,
+        background_snapshots: true,
     };
     let applier = apply::ServerApplier::new(Arc::clone(&shared));
     let (handle, inputs) = RaftHandle::channel();
