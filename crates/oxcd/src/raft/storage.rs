@@ -329,37 +329,37 @@ impl RaftStorage {
         self.term(index).ok()
     }
 
-    /// Installs a snapshot taken locally at an applied index and compacts the log up to it.
-    pub fn install_local_snapshot(&mut self, snap: Snapshot) {
+    /// Makes `snap` the log's snapshot and drops the entries it covers. `None` when it is
+    /// stale: not newer than the log's start (e.g. the leader sent a newer one meanwhile).
+    fn compact_to(&mut self, snap: Snapshot) -> Option<Snapshot> {
         let mut core = self.wl();
         let index = snap.get_metadata().index;
         if index <= core.snapshot.get_metadata().index || index > core.last_index() {
-            return;
+            return None;
         }
         core.entries.retain(|e| e.index > index);
         core.snapshot = snap;
-        let snap = core.snapshot.clone();
-        drop(core);
+        Some(core.snapshot.clone())
+    }
+
+    /// Installs a snapshot taken locally at an applied index: compacts the log, then writes
+    /// the file, the WAL marker and purges.
+    pub fn install_local_snapshot(&mut self, snap: Snapshot) {
+        let Some(snap) = self.compact_to(snap) else {
+            return;
+        };
         if self.save_snapshot_files(&snap) {
-            self.drop_snapshot_data(index);
+            self.drop_snapshot_data(snap.get_metadata().index);
         }
     }
 
     /// Installs a snapshot whose file a background thread already wrote: compacts the log,
-    /// records the WAL marker, purges. Stale (an older snapshot than the log already starts
-    /// from, e.g. one received from the leader meanwhile) is ignored.
-    pub fn install_saved_snapshot(&mut self, snap: Snapshot) {
-        let mut core = self.wl();
-        let index = snap.get_metadata().index;
-        if index <= core.snapshot.get_metadata().index || index > core.last_index() {
-            return;
+    /// records the WAL marker, purges.
+    pub fn install_saved_snapshot(&mut self, mut snap: Snapshot) {
+        snap.data = Default::default();
+        if let Some(snap) = self.compact_to(snap) {
+            self.record_snapshot(&snap);
         }
-        core.entries.retain(|e| e.index > index);
-        core.snapshot = snap;
-        core.snapshot.data = Default::default();
-        let snap = core.snapshot.clone();
-        drop(core);
-        self.record_snapshot(&snap);
     }
 
     /// Once a snapshot is in its file, memory keeps only its metadata: the store state can
