@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # compare.sh: runs one oxcd-bench workload against a fresh etcd and a fresh oxcd, alternating
 # (the order swaps every round), each round on new servers with new data dirs, and prints a
-# markdown table of the medians over the rounds: throughput, p50, p99, p99.9 and the
-# servers' peak RSS (VmHWM, largest member).
+# markdown table of the medians over the rounds: throughput, p50, p99, p99.9, the servers'
+# CPU time per 1000 requests (all members) and their peak RSS (VmHWM, largest member).
 #
 # usage: bench/compare.sh [--rounds N] [--members 1|3] [--data-root DIR] [--port P]
 #                         [--etcd PATH] -- <oxcd-bench workload and options>
@@ -115,6 +115,16 @@ peak_rss() {
     echo "$max"
 }
 
+# CPU time (clock ticks, user + system) used so far by all members.
+cpu_ticks() {
+    local p sum=0 t
+    for p in "${pids[@]}"; do
+        t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+        sum=$((sum + ${t:-0}))
+    done
+    echo "$sum"
+}
+
 # run_line KIND JSON RSS_KB: one line per run on stderr.
 run_line() {
     python3 - "$@" >&2 <<'EOF' || true
@@ -137,9 +147,12 @@ run_one() {
     start_cluster "$kind" "$dir"
     echo "== round $round: $kind ($endpoints)" >&2
     out=$work/$kind-$round.json
+    local cpu0
+    cpu0=$(cpu_ticks)
     if ! "$bench_bin" --endpoints "$endpoints" --json "${bench_args[@]}" >"$out"; then
         echo "compare.sh: oxcd-bench reported a failure against $kind (round $round)" >&2
     fi
+    echo $(($(cpu_ticks) - cpu0)) >"$work/$kind-$round.cpu"
     peak_rss >"$work/$kind-$round.rss"
     run_line "$kind" "$out" "$(cat "$work/$kind-$round.rss")"
     stop_servers
@@ -166,6 +179,12 @@ def load(kind):
             continue
         with open(os.path.join(work, f"{kind}-{r}.rss")) as f:
             res["rss_mb"] = int(f.read().strip() or 0) / 1024
+        # Server CPU per 1000 successful requests (or delivered events): what a request
+        # costs the server, apart from the load generator sharing the machine.
+        with open(os.path.join(work, f"{kind}-{r}.cpu")) as f:
+            ms = int(f.read().strip() or 0) * 1000 / os.sysconf("SC_CLK_TCK")
+        done = res.get("delivered", res.get("ok", res.get("total", 0)))
+        res["cpu_ms_per_1k"] = ms / max(done / 1000, 1e-9)
         runs.append(res)
     return runs
 
@@ -180,6 +199,7 @@ figures = [
 ]
 if watch:
     figures.append(("delivered / expected", lambda r: r["delivered"] / max(r["expected"], 1)))
+figures.append(("server CPU (ms per 1k%s)" % (" events" if watch else " requests"), lambda r: r["cpu_ms_per_1k"]))
 figures.append(("peak RSS (MB%s)" % (", largest member" if members != "1" else ""), lambda r: r["rss_mb"]))
 
 def fmt(x):

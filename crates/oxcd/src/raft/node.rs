@@ -151,8 +151,12 @@ pub struct RaftNode<A: Applier, T: Transport> {
     campaign_pending: bool,
     /// Reads received since the last Ready; they share one ReadIndex request.
     read_batch: Vec<u64>,
-    /// ReadIndex requests in flight: context → the reads waiting on it.
-    reads_in_flight: std::collections::HashMap<u64, Vec<u64>>,
+    /// ReadIndex requests in flight: context → (the reads waiting on it, tick sent).
+    reads_in_flight: std::collections::HashMap<u64, (Vec<u64>, u64)>,
+    /// Ticks since start (ages the reads in flight).
+    ticks: u64,
+    /// Ticks after which an unanswered ReadIndex request is given up and its reads retried.
+    read_timeout_ticks: u64,
     /// Reads whose read index is known, waiting for apply to reach it.
     reads_confirmed: Vec<(u64, Vec<u64>)>,
     next_read_ctx: u64,
@@ -197,6 +201,8 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
             campaign_pending: false,
             read_batch: Vec::new(),
             reads_in_flight: std::collections::HashMap::new(),
+            ticks: 0,
+            read_timeout_ticks: cfg.election_ticks.max(2) as u64,
             reads_confirmed: Vec::new(),
             next_read_ctx: 1,
             background_snapshots: cfg.background_snapshots,
@@ -209,9 +215,33 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
         Ok(node)
     }
 
+    /// Queues a linearizable read (what [`RaftInput::ReadIndex`] does on the thread).
+    pub fn read(&mut self, id: u64) {
+        self.read_batch.push(id);
+    }
+
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
         self.raw.tick();
+        self.ticks += 1;
+        // A ReadIndex request or its answer can be lost with a message; after an election
+        // timeout its reads are handed back to their requesters, who ask again.
+        if !self.reads_in_flight.is_empty() {
+            let now = self.ticks;
+            let limit = self.read_timeout_ticks;
+            let mut expired = Vec::new();
+            self.reads_in_flight.retain(|_, (ids, sent)| {
+                if now - *sent > limit {
+                    expired.append(ids);
+                    false
+                } else {
+                    true
+                }
+            });
+            for id in expired {
+                self.applier.proposal_dropped(id);
+            }
+        }
     }
 
     /// Steps a message from a peer. Messages raft-rs rejects (stale term, unknown peer) are
@@ -276,13 +306,14 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
         }
         let mut ready = self.raw.ready();
         for rs in ready.take_read_states() {
+            // Our contexts are (member ID, counter); the second half is the key.
             let ctx = rs
                 .request_ctx
-                .as_slice()
-                .try_into()
+                .get(8..16)
+                .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes)
                 .unwrap_or(0);
-            if let Some(ids) = self.reads_in_flight.remove(&ctx) {
+            if let Some((ids, _)) = self.reads_in_flight.remove(&ctx) {
                 self.reads_confirmed.push((rs.index, ids));
             }
         }
@@ -359,8 +390,12 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
         }
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
-        self.raw.read_index(ctx.to_be_bytes().to_vec());
-        self.reads_in_flight.insert(ctx, ids);
+        // The leader ignores a context it already has pending, so contexts must be unique
+        // across members, not only here: prefix the member ID.
+        let mut request_ctx = self.id.to_be_bytes().to_vec();
+        request_ctx.extend_from_slice(&ctx.to_be_bytes());
+        self.raw.read_index(request_ctx);
+        self.reads_in_flight.insert(ctx, (ids, self.ticks));
     }
 
     /// Serves the reads whose read index this member has applied.
@@ -502,7 +537,7 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
         if prev != leader_id {
             // Read requests sent to the old leader may never be answered: let their
             // requesters try again with the new one.
-            for (_, ids) in std::mem::take(&mut self.reads_in_flight) {
+            for (_, (ids, _)) in std::mem::take(&mut self.reads_in_flight) {
                 for id in ids {
                     self.applier.proposal_dropped(id);
                 }
@@ -643,7 +678,7 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
                 false
             }
             RaftInput::ReadIndex { id } => {
-                self.read_batch.push(id);
+                self.read(id);
                 false
             }
             RaftInput::Step(msg) => {

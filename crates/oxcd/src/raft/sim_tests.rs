@@ -51,13 +51,19 @@ type Applied = Vec<(u64, Vec<u8>)>;
 /// The replicated state of a simulated member: the applied log (for the prefix check) and
 /// a real v2 store the proposals are applied to (for the identical-stores check).
 #[derive(Clone)]
-struct Log(Arc<Mutex<Applied>>, Arc<Mutex<oxcd_v2store::Store>>);
+struct Log(
+    Arc<Mutex<Applied>>,
+    Arc<Mutex<oxcd_v2store::Store>>,
+    /// Reads served (`reads_ready`) and dropped (`proposal_dropped`), by ID.
+    Arc<Mutex<(Vec<u64>, Vec<u64>)>>,
+);
 
 impl Default for Log {
     fn default() -> Self {
         Log(
             Arc::default(),
             Arc::new(Mutex::new(oxcd_v2store::Store::new(&["/0", "/1"]))),
+            Arc::default(),
         )
     }
 }
@@ -95,8 +101,12 @@ impl Applier for Log {
     fn periodic(&mut self, _is_leader: bool, _leader_id: u64) -> Vec<Vec<u8>> {
         Vec::new()
     }
-    fn proposal_dropped(&mut self, _id: u64) {}
-    fn reads_ready(&mut self, _ids: &[u64]) {}
+    fn proposal_dropped(&mut self, id: u64) {
+        self.2.lock().unwrap().1.push(id);
+    }
+    fn reads_ready(&mut self, ids: &[u64]) {
+        self.2.lock().unwrap().0.extend_from_slice(ids);
+    }
     fn snapshot_job(&mut self) -> super::SnapshotJob {
         let log = self.0.lock().unwrap().clone();
         let store = String::from_utf8(self.store_state()).unwrap();
@@ -332,6 +342,45 @@ fn three_members_elect_and_replicate_without_faults() {
     for i in 0..3 {
         assert!(sim.applied(i).iter().any(|(_, d)| d == b"hello"));
     }
+}
+
+#[test]
+fn reads_from_every_member_at_once_are_all_served() {
+    // Every member numbers its ReadIndex requests from 1: the leader must still tell them
+    // apart, or it answers one and silently drops the others.
+    let mut sim = Sim::new(3, 11);
+    for _ in 0..100 {
+        sim.tick_all();
+        sim.deliver(false);
+    }
+    let leader = sim.leader().expect("a leader is elected");
+    sim.nodes[leader].propose(b"w".to_vec());
+    for _ in 0..5 {
+        sim.deliver(false);
+    }
+    let mut want = Vec::new();
+    for round in 0..3u64 {
+        for (i, node) in sim.nodes.iter_mut().enumerate() {
+            let id = 1000 * (i as u64 + 1) + round;
+            node.read(id);
+            want.push(id);
+        }
+        for n in &mut sim.nodes {
+            n.handle_ready().unwrap();
+        }
+    }
+    for _ in 0..10 {
+        sim.deliver(false);
+    }
+    let mut served: Vec<u64> = sim
+        .logs
+        .iter()
+        .flat_map(|l| l.2.lock().unwrap().0.clone())
+        .collect();
+    served.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(served, want, "every read is served exactly once");
+    assert!(sim.logs.iter().all(|l| l.2.lock().unwrap().1.is_empty()));
 }
 
 /// Seeds are fixed so failures replay; `OXCD_SIM_SEEDS` widens the search locally.
