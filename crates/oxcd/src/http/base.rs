@@ -210,9 +210,10 @@ pub fn members(server: &EtcdServer, method: &Method, path: &str) -> Response<Res
             "runtime reconfiguration is not supported by this oxcd version",
         )
     };
-    if let Ok(v) = HeaderValue::from_str(&id_to_string(server.shared.cluster_id)) {
-        resp.headers_mut().insert("X-Etcd-Cluster-Id", v);
-    }
+    resp.headers_mut().insert(
+        super::names::X_ETCD_CLUSTER_ID,
+        server.cluster_id_header.clone(),
+    );
     resp
 }
 
@@ -228,9 +229,10 @@ pub fn peer_members(server: &EtcdServer, method: &Method) -> Response<RespBody> 
         .unwrap_or_else(|e| e.into_inner());
     let list: Vec<_> = members.values().map(member_json).collect();
     let mut resp = json_response(format!("{}\n", serde_json::Value::Array(list)));
-    if let Ok(v) = HeaderValue::from_str(&id_to_string(server.shared.cluster_id)) {
-        resp.headers_mut().insert("X-Etcd-Cluster-Id", v);
-    }
+    resp.headers_mut().insert(
+        super::names::X_ETCD_CLUSTER_ID,
+        server.cluster_id_header.clone(),
+    );
     resp
 }
 

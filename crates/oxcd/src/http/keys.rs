@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Response, StatusCode};
 use oxcd_api::v2::{Action, Error as V2Error, ErrorCode, Event};
 use tokio::sync::mpsc;
 
 use super::body::{ChannelSink, RespBody, WatchBody};
 use super::form::{parse_bool, parse_u64, path_join, Form};
+use super::names;
 use crate::server::request::{time_to_unix_nanos, Expiry, V2Request};
 use crate::server::{ApplyResult, EtcdServer, STORE_KEYS_PREFIX};
 
@@ -288,17 +290,20 @@ pub fn error_response(err: &V2Error) -> Response<RespBody> {
     *resp.status_mut() =
         StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = resp.headers_mut();
-    h.insert("Content-Type", HeaderValue::from_static("application/json"));
-    h.insert("X-Etcd-Index", HeaderValue::from(err.index));
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(names::X_ETCD_INDEX, HeaderValue::from(err.index));
     resp
 }
 
 fn raft_headers(resp: &mut Response<RespBody>, server: &EtcdServer, etcd_index: u64) {
     let h = resp.headers_mut();
-    h.insert("Content-Type", HeaderValue::from_static("application/json"));
-    h.insert("X-Etcd-Index", HeaderValue::from(etcd_index));
-    h.insert("X-Raft-Index", HeaderValue::from(server.commit_index()));
-    h.insert("X-Raft-Term", HeaderValue::from(server.term()));
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(names::X_ETCD_INDEX, HeaderValue::from(etcd_index));
+    h.insert(
+        names::X_RAFT_INDEX,
+        HeaderValue::from(server.commit_index()),
+    );
+    h.insert(names::X_RAFT_TERM, HeaderValue::from(server.term()));
 }
 
 fn is_created(ev: &Event) -> bool {

@@ -114,6 +114,8 @@ pub struct EtcdServer {
     pub peer_urls: Vec<String>,
     /// Upper bound of a request body (`--max-request-bytes`).
     pub max_request_bytes: usize,
+    /// The `X-Etcd-Cluster-ID` value, formatted once.
+    pub cluster_id_header: http::HeaderValue,
 }
 
 impl EtcdServer {
@@ -125,12 +127,16 @@ impl EtcdServer {
         peer_urls: Vec<String>,
         max_request_bytes: usize,
     ) -> Self {
+        let cluster_id_header =
+            http::HeaderValue::from_str(&crate::membership::id_to_string(shared.cluster_id))
+                .expect("hex digits are a valid header value");
         EtcdServer {
             shared,
             raft,
             request_timeout,
             peer_urls,
             max_request_bytes,
+            cluster_id_header,
         }
     }
 
