@@ -9,7 +9,6 @@
 //! and the restarted member must still hold every acknowledged write.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,67 +20,21 @@ fn acknowledged_writes_survive_sigkill() {
         Path::new(env!("CARGO_BIN_EXE_oxcd")),
         &["--snapshot-count", "50", "--max-snapshots", "2"],
     );
-    let acked: Arc<Mutex<Vec<(String, String, u64)>>> = Arc::default();
+    let mut acked: Vec<(String, String, u64)> = Vec::new();
     for round in 0..4u64 {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut writers = Vec::new();
-        for w in 0..4 {
-            let (url, stop, acked) = (m.client_url.clone(), Arc::clone(&stop), Arc::clone(&acked));
-            writers.push(std::thread::spawn(move || {
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = format!("/v2/keys/r{round}/w{w}/k{i}");
-                    let value = format!("v{round}-{w}-{i}");
-                    let agent = oxcd_tests::ureq::AgentBuilder::new()
-                        .timeout(Duration::from_secs(2))
-                        .build();
-                    let res = agent
-                        .put(&format!("{url}{key}"))
-                        .set("Content-Type", "application/x-www-form-urlencoded")
-                        .send_string(&format!("value={value}"));
-                    match res {
-                        Ok(r) => {
-                            let body: serde_json::Value =
-                                serde_json::from_str(&r.into_string().unwrap_or_default())
-                                    .unwrap_or_default();
-                            if let Some(idx) = body["node"]["modifiedIndex"].as_u64() {
-                                acked.lock().unwrap().push((key, value, idx));
-                            }
-                        }
-                        Err(_) => break, // server gone: unacknowledged, may or may not exist
-                    }
-                    i += 1;
-                }
-            }));
-        }
+        let url = m.client_url.clone();
+        let writers = std::thread::spawn(move || write_until_gone(&url, &format!("r{round}")));
         // A pseudo-random moment between 150 and 650 ms.
         let delay = 150 + (round * 7919 + std::process::id() as u64) % 500;
         std::thread::sleep(Duration::from_millis(delay));
         m.kill();
-        stop.store(true, Ordering::Relaxed);
-        for w in writers {
-            w.join().unwrap();
-        }
+        acked.extend(writers.join().unwrap());
         m.restart();
-        let acked = acked.lock().unwrap();
         assert!(
             !acked.is_empty(),
             "round {round}: no write was acknowledged"
         );
-        for (key, value, idx) in acked.iter() {
-            let r = request(&m.client_url, "GET", key, None);
-            let node = &r.json()["node"];
-            assert_eq!(
-                node["value"],
-                value.as_str(),
-                "round {round}: lost {key}; log:\n{}",
-                m.log()
-            );
-            assert_eq!(
-                node["modifiedIndex"], *idx,
-                "round {round}: {key} changed index"
-            );
-        }
+        assert_all_present(&m, &acked, &format!("round {round}"));
     }
     // Snapshots were taken (every 50 entries) and old ones purged (--max-snapshots 2).
     let snaps = std::fs::read_dir(m.dir.0.join("data/member/snap"))
@@ -93,11 +46,25 @@ fn acknowledged_writes_survive_sigkill() {
         .unwrap_or(0);
     assert!((1..=2).contains(&snaps), "{snaps} snapshot files");
     // The index sequence of acknowledged writes has no duplicates.
-    let acked = acked.lock().unwrap();
     let mut idx: Vec<u64> = acked.iter().map(|a| a.2).collect();
     idx.sort_unstable();
     idx.dedup();
     assert_eq!(idx.len(), acked.len());
+}
+
+/// Every acknowledged write reads back with its value and index.
+fn assert_all_present(m: &Member, acked: &[(String, String, u64)], what: &str) {
+    for (key, value, idx) in acked {
+        let r = request(&m.client_url, "GET", key, None);
+        let node = &r.json()["node"];
+        assert_eq!(
+            node["value"],
+            value.as_str(),
+            "{what}: lost {key}; log:\n{}",
+            m.log()
+        );
+        assert_eq!(node["modifiedIndex"], *idx, "{what}: {key} changed index");
+    }
 }
 
 /// Writes until the server stops answering; returns what was acknowledged.
@@ -172,17 +139,7 @@ fn acknowledged_writes_survive_crashes_at_every_durability_step() {
         assert!(!acked.is_empty(), "{point}: nothing acknowledged");
         m.env.clear();
         m.restart();
-        for (key, value, idx) in &acked {
-            let r = request(&m.client_url, "GET", key, None);
-            let node = &r.json()["node"];
-            assert_eq!(
-                node["value"],
-                value.as_str(),
-                "{point}: lost {key}; log:\n{}",
-                m.log()
-            );
-            assert_eq!(node["modifiedIndex"], *idx, "{point}: {key} moved");
-        }
+        assert_all_present(&m, &acked, point);
         // And the member goes on writing after the repair.
         let r = request(&m.client_url, "PUT", "/v2/keys/after", Some("value=1"));
         assert_eq!(r.status, 201, "{point}: {}", r.body);
