@@ -17,12 +17,23 @@ use serde_json::Value;
 /// Path of Debian's etcd server, the oracle.
 pub const ETCD: &str = "/usr/bin/etcd";
 
-/// A free loopback port (bound then released; good enough for tests).
+/// A free loopback port for a server to listen on.
+///
+/// Taken below Linux's ephemeral range (32768–60999): a port the kernel picked for us
+/// (`bind :0`) is also one it hands out for outgoing connections, and members open many, so
+/// between our check and the server's bind another socket could take it. Below the range
+/// only listeners compete; each test process starts at its own offset and checks each port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 500) * 24;
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (20_000 + (base - 20_000 + n) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000")
 }
 
 /// A fresh temporary directory, removed on drop.

@@ -50,12 +50,29 @@ pub struct WatchBody {
     pub done: bool,
 }
 
-fn encode_event(ev: &Event) -> Bytes {
-    let mut ev = ev.clone();
-    ev.trim_prefix(STORE_KEYS_PREFIX);
-    let mut buf = serde_json::to_vec(&ev).unwrap_or_default();
-    buf.push(b'\n');
-    Bytes::from(buf)
+fn encode_event(ev: &Arc<Event>) -> Bytes {
+    // One write wakes every watcher of the key with the same `Arc<Event>`: encode it once
+    // per worker thread and hand the others the same bytes. The cache holds the Arc, so its
+    // address cannot be reused by another event while it is cached.
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(Arc<Event>, Bytes)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((cached, bytes)) = last.as_ref() {
+            if Arc::ptr_eq(cached, ev) {
+                return bytes.clone();
+            }
+        }
+        let mut trimmed = Event::clone(ev);
+        trimmed.trim_prefix(STORE_KEYS_PREFIX);
+        let mut buf = serde_json::to_vec(&trimmed).unwrap_or_default();
+        buf.push(b'\n');
+        let bytes = Bytes::from(buf);
+        *last = Some((Arc::clone(ev), bytes.clone()));
+        bytes
+    })
 }
 
 impl Drop for WatchBody {
@@ -96,6 +113,9 @@ impl Body for RespBody {
                     Poll::Ready(Some(ev)) => {
                         if !w.stream {
                             w.done = true;
+                            // The hub drops a one-shot watcher when it delivers: nothing to
+                            // remove on drop (saves a store write lock per delivery).
+                            w.watcher = None;
                         }
                         Poll::Ready(Some(Ok(Frame::data(encode_event(&ev)))))
                     }
