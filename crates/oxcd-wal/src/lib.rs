@@ -20,7 +20,8 @@
 //! metadata and the current hard state.
 //!
 //! # Invariants
-//! - `save` writes all records of one raft Ready with one `write` and one `fdatasync`;
+//! - `save` writes all records of one raft Ready with one `write` and one `fdatasync` (none
+//!   when only the commit index changed: a lost commit index is learned again);
 //! - a record is acknowledged only after it is synced; a crash can only tear the tail of the
 //!   last file, which `open` truncates at the last good record and reports;
 //! - a bad record anywhere else is corruption: `open` refuses with the file and offset.

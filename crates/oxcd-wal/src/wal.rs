@@ -412,7 +412,8 @@ impl Wal {
         Ok((wal, out))
     }
 
-    /// Appends one Ready's entries and hard state: one write, one fdatasync.
+    /// Appends one Ready's entries and hard state: one write, and one fdatasync unless only
+    /// the commit index changed.
     pub fn save(&mut self, hard_state: Option<&HardState>, entries: &[Entry]) -> Result<()> {
         if hard_state.is_none() && entries.is_empty() {
             return Ok(());
@@ -424,13 +425,19 @@ impl Wal {
             push_record(&mut self.buf, &mut self.crc, record::ENTRY, &self.scratch);
             self.last_index = e.index;
         }
+        // Only new entries, a new term or a new vote must be on disk before raft acts on
+        // them; a commit index alone can be learned again after a crash (from the leader, or
+        // by the next election's commit), so it is written without waiting for the disk —
+        // etcd's MustSync rule. It reaches the disk with the next synced write.
+        let mut must_sync = !entries.is_empty();
         if let Some(hs) = hard_state {
+            must_sync |= hs.term != self.hard_state.term || hs.vote != self.hard_state.vote;
             self.scratch.clear();
             hs.encode_into(&mut self.scratch);
             push_record(&mut self.buf, &mut self.crc, record::STATE, &self.scratch);
             self.hard_state = *hs;
         }
-        self.write_buf()?;
+        self.write_buf(must_sync)?;
         if self.size >= self.segment_size {
             self.cut()?;
         }
@@ -449,16 +456,18 @@ impl Wal {
             &self.scratch,
         );
         self.last_index = self.last_index.max(marker.index);
-        self.write_buf()
+        self.write_buf(true)
     }
 
-    fn write_buf(&mut self) -> Result<()> {
+    fn write_buf(&mut self, sync: bool) -> Result<()> {
         let ctx = || format!("append to {}", self.dir.display());
         self.file
             .write_all_at(&self.buf, self.size)
             .map_err(io_err(ctx()))?;
-        crate::failpoint::hit("wal_before_sync");
-        self.file.sync_data().map_err(io_err(ctx()))?;
+        if sync {
+            crate::failpoint::hit("wal_before_sync");
+            self.file.sync_data().map_err(io_err(ctx()))?;
+        }
         self.size += self.buf.len() as u64;
         Ok(())
     }
@@ -623,6 +632,21 @@ mod tests {
         z.extend_from_slice(&[0u8; 64]);
         fs::write(&path, &z).unwrap();
         let (_, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
+        assert_eq!(c.entries.len(), 2);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn commit_only_hard_state_is_written_and_read_back() {
+        // Written without an fdatasync (etcd's MustSync), but written: a clean restart
+        // sees it, and entries synced later carry it to the disk.
+        let d = dir("commit");
+        let mut w = Wal::create(&d, b"m", SEG).unwrap();
+        w.save(Some(&hs(0)), &[entry(1, 1), entry(2, 1)]).unwrap();
+        w.save(Some(&hs(2)), &[]).unwrap();
+        drop(w);
+        let (_, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
+        assert_eq!(c.hard_state, hs(2));
         assert_eq!(c.entries.len(), 2);
         let _ = fs::remove_dir_all(&d);
     }
