@@ -228,17 +228,41 @@ impl RaftStorage {
                 tracing::error!(error = %e, "wal: saving snapshot marker failed");
                 return;
             }
-            oxcd_wal::failpoint::hit("snap_after_marker_before_purge");
-            match wal.purge(meta.index, files.max_wals) {
-                Ok(n) if n > 0 => tracing::info!(removed = n, "wal: purged old files"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "wal: purge failed"),
-            }
         }
-        let n = files.snapshotter.purge(files.max_snapshots);
-        if n > 0 {
-            tracing::info!(removed = n, "snap: purged old snapshot files");
+        drop(wal);
+        // Retention runs beside the raft thread: listing and unlinking old files never
+        // delays a Ready. A crash before or during it only leaves extra files, which the next
+        // purge removes.
+        let job = PurgeJob {
+            wal: Arc::clone(&self.wal),
+            snapshotter: files.snapshotter.clone(),
+            snapshot_index: meta.index,
+            max_wals: files.max_wals,
+            max_snapshots: files.max_snapshots,
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("purge".into())
+            .spawn(move || job.run())
+        {
+            tracing::warn!(error = %e, "snap: cannot start the purge thread");
         }
+    }
+
+    /// Applies the retention limits once, now (at start: a crash may have left files that
+    /// the last purge did not get to).
+    pub fn purge_now(&self) {
+        let guard = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(files) = guard.as_ref() else {
+            return;
+        };
+        PurgeJob {
+            wal: Arc::clone(&self.wal),
+            snapshotter: files.snapshotter.clone(),
+            snapshot_index: self.rl().snapshot.get_metadata().index,
+            max_wals: files.max_wals,
+            max_snapshots: files.max_snapshots,
+        }
+        .purge();
     }
 
     /// Attaches the write-ahead log that `persist` writes through.
@@ -374,6 +398,38 @@ impl RaftStorage {
     /// The latest snapshot (index 0 if none).
     pub fn latest_snapshot(&self) -> Snapshot {
         self.rl().snapshot.clone()
+    }
+}
+
+/// Removal of WAL files wholly before a snapshot and of snapshots beyond the limits
+/// (`--max-wals`, `--max-snapshots`).
+struct PurgeJob {
+    wal: Arc<Mutex<Option<oxcd_wal::Wal>>>,
+    snapshotter: oxcd_wal::Snapshotter,
+    snapshot_index: u64,
+    max_wals: usize,
+    max_snapshots: usize,
+}
+
+impl PurgeJob {
+    /// Runs on the purge thread, after the snapshot's WAL marker is written.
+    fn run(self) {
+        oxcd_wal::failpoint::hit("snap_after_marker_before_purge");
+        self.purge();
+    }
+
+    fn purge(&self) {
+        if let Some(wal) = self.wal.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            match wal.purge(self.snapshot_index, self.max_wals) {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "wal: purged old files"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "wal: purge failed"),
+            }
+        }
+        let n = self.snapshotter.purge(self.max_snapshots);
+        if n > 0 {
+            tracing::info!(removed = n, "snap: purged old snapshot files");
+        }
     }
 }
 

@@ -451,6 +451,7 @@ fn open_storage(
         let storage = RaftStorage::restore(raft_snap, raft_hs, entries);
         storage.attach_wal(wal);
         storage.attach_snapshots(files(snapshotter));
+        storage.purge_now();
         tracing::info!(
             entries = n,
             commit = hs.commit,
