@@ -24,8 +24,9 @@ pub struct Snapshot {
     pub data: Vec<u8>,
 }
 
-fn encode(s: &Snapshot) -> Vec<u8> {
-    let mut p = Vec::with_capacity(s.data.len() + 64);
+/// Everything before the data (after the CRC): term, index, voters, learners, data length.
+fn header(s: &Snapshot) -> Vec<u8> {
+    let mut p = Vec::with_capacity(64);
     p.extend_from_slice(&s.term.to_le_bytes());
     p.extend_from_slice(&s.index.to_le_bytes());
     for list in [&s.voters, &s.learners] {
@@ -35,14 +36,39 @@ fn encode(s: &Snapshot) -> Vec<u8> {
         }
     }
     p.extend_from_slice(&(s.data.len() as u32).to_le_bytes());
-    p.extend_from_slice(&s.data);
-    let mut out = crc32c::crc32c(&p).to_le_bytes().to_vec();
-    out.extend_from_slice(&p);
+    p
+}
+
+/// Writes the file's bytes without copying the data (it can be as large as the store):
+/// the CRC is computed over the header and the data in place.
+fn write_encoded(s: &Snapshot, out: &mut impl Write) -> std::io::Result<()> {
+    if s.data.len() > u32::MAX as usize {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "snapshot data of {} bytes exceeds the 4 GiB format limit",
+                s.data.len()
+            ),
+        ));
+    }
+    let head = header(s);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&head), &s.data);
+    out.write_all(&crc.to_le_bytes())?;
+    out.write_all(&head)?;
+    out.write_all(&s.data)
+}
+
+#[cfg(test)]
+fn encode(s: &Snapshot) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_encoded(s, &mut out).expect("writing to memory");
     out
 }
 
-fn decode(b: &[u8]) -> Option<Snapshot> {
-    let mut r = Reader(b);
+/// Decodes a whole file, reusing its buffer for the data (no second copy of a state that
+/// can be as large as the store).
+fn decode(mut b: Vec<u8>) -> Option<Snapshot> {
+    let mut r = Reader(&b);
     let crc = r.u32()?;
     if crc32c::crc32c(r.0) != crc {
         return None;
@@ -56,14 +82,19 @@ fn decode(b: &[u8]) -> Option<Snapshot> {
             list.push(r.u64()?);
         }
     }
-    let data = r.bytes()?;
+    let len = r.u32()? as usize;
+    if r.0.len() != len {
+        return None;
+    }
+    let offset = b.len() - len;
+    b.drain(..offset);
     let [voters, learners] = lists;
-    r.0.is_empty().then_some(Snapshot {
+    Some(Snapshot {
         term,
         index,
         voters,
         learners,
-        data,
+        data: b,
     })
 }
 
@@ -108,7 +139,7 @@ impl Snapshotter {
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let mut f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
-        f.write_all(&encode(s))
+        write_encoded(s, &mut f)
             .and_then(|_| f.sync_all())
             .map_err(io_err(format!("write {}", tmp.display())))?;
         crate::failpoint::hit("snap_file_before_rename");
@@ -122,7 +153,7 @@ impl Snapshotter {
     /// The newest snapshot that passes its check; damaged ones are renamed `.broken`.
     pub fn load_newest(&self) -> Option<Snapshot> {
         for (_, _, path) in self.names().into_iter().rev() {
-            match fs::read(&path).ok().as_deref().and_then(decode) {
+            match fs::read(&path).ok().and_then(decode) {
                 Some(s) => return Some(s),
                 None => {
                     let _ = fs::rename(&path, path.with_extension("snap.broken"));
@@ -137,7 +168,7 @@ impl Snapshotter {
         self.names()
             .into_iter()
             .map(|(_, _, p)| {
-                let s = fs::read(&p).ok().as_deref().and_then(decode);
+                let s = fs::read(&p).ok().and_then(decode);
                 (p, s)
             })
             .collect()
@@ -152,7 +183,7 @@ impl Snapshotter {
 
     /// Reads one snapshot file; `None` if it is missing or fails its check.
     pub fn load_file(path: &Path) -> Option<Snapshot> {
-        fs::read(path).ok().as_deref().and_then(decode)
+        fs::read(path).ok().and_then(decode)
     }
 
     /// Reads the snapshot at `term`/`index`; `None` if it is missing or fails its check.
@@ -177,6 +208,22 @@ impl Snapshotter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoding_round_trips_and_detects_damage() {
+        let s = Snapshot {
+            term: 3,
+            index: 42,
+            voters: vec![1, 2, 3],
+            learners: vec![9],
+            data: b"{\"state\":true}".to_vec(),
+        };
+        let mut bytes = encode(&s);
+        assert_eq!(decode(bytes.clone()), Some(s));
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert_eq!(decode(bytes), None);
+    }
 
     #[test]
     fn newest_valid_snapshot_wins_and_damage_falls_back() {
