@@ -1,6 +1,7 @@
 //! Nodes of the tree and their API representation.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use oxcd_api::v2::NodeExtern;
@@ -11,8 +12,9 @@ use serde::{Deserialize, Serialize};
 pub struct Node {
     pub created_index: u64,
     pub modified_index: u64,
-    /// Value of a key; empty for directories.
-    pub value: String,
+    /// Value of a key; empty for directories. Shared, so the copy a snapshot takes
+    /// (`Store::clone_state`) does not copy the values.
+    pub value: Arc<str>,
     /// Expiry; `None` = permanent.
     pub expire: Option<SystemTime>,
     /// `Some` for directories.
@@ -24,7 +26,7 @@ impl Node {
         Node {
             created_index: index,
             modified_index: index,
-            value: value.to_string(),
+            value: Arc::from(value),
             expire,
             children: None,
         }
@@ -34,7 +36,7 @@ impl Node {
         Node {
             created_index: index,
             modified_index: index,
-            value: String::new(),
+            value: Arc::from(""),
             expire,
             children: Some(BTreeMap::new()),
         }
@@ -82,7 +84,7 @@ impl Node {
             created_index: self.created_index,
         };
         match &self.children {
-            None => ext.value = Some(self.value.clone()),
+            None => ext.value = Some(self.value.to_string()),
             Some(children) if recursive => {
                 ext.nodes = Some(list_children(path, children, true, sorted, now));
             }

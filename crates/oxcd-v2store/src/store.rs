@@ -337,7 +337,7 @@ impl Store {
         let mut value = value.to_string();
         if ttl.refresh {
             match &existing {
-                Some((v, ..)) => value = v.clone(),
+                Some((v, ..)) => value = v.to_string(),
                 None => {
                     return Err(Error::new(ErrorCode::KeyNotFound, path, self.index));
                 }
@@ -429,7 +429,7 @@ impl Store {
 
     fn compare_fail_cause(node: &Node, prev_value: &str, prev_index: u64) -> Option<String> {
         let index_ok = prev_index == 0 || node.modified_index == prev_index;
-        let value_ok = prev_value.is_empty() || node.value == prev_value;
+        let value_ok = prev_value.is_empty() || *node.value == *prev_value;
         match (value_ok, index_ok) {
             (true, true) => None,
             (true, false) => Some(format!("[{prev_index} != {}]", node.modified_index)),
@@ -494,7 +494,7 @@ impl Store {
         let prev = node.repr(path, false, false, now);
         let old_expire = node.expire;
         if !node.is_dir() && !ttl.refresh {
-            node.value = value.to_string();
+            node.value = Arc::from(value);
         }
         node.modified_index = next;
         node.expire = ttl.expire_time;
