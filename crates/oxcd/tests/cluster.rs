@@ -81,6 +81,26 @@ fn any_member_serves_writes_reads_and_cluster_endpoints() {
     }
     assert!(!cluster_ids[0].is_empty() && cluster_ids.iter().all(|c| *c == cluster_ids[0]));
 
+    // Self stats carry etcd's rates while appends flow: sent on the leader, received on a
+    // follower (written just above, so within the last second).
+    for i in 0..9 {
+        try_put(
+            &c.members[leader].client_url,
+            "any/rate",
+            &i.to_string(),
+            WAIT,
+        )
+        .unwrap();
+    }
+    let lead = get_json(&c.members[leader].client_url, "/v2/stats/self").unwrap();
+    assert!(lead["sendPkgRate"].as_f64().unwrap_or(0.0) > 0.0, "{lead}");
+    let fol = get_json(&c.members[(leader + 1) % 3].client_url, "/v2/stats/self").unwrap();
+    assert!(fol["recvPkgRate"].as_f64().unwrap_or(0.0) > 0.0, "{fol}");
+    assert!(
+        fol["recvBandwidthRate"].as_f64().unwrap_or(0.0) > 0.0,
+        "{fol}"
+    );
+
     // The leader reports both followers with successful deliveries; followers refuse.
     let stats = request(
         &c.members[leader].client_url,

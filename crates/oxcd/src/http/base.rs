@@ -123,7 +123,7 @@ pub fn stats_self(server: &EtcdServer, method: &Method) -> Response<RespBody> {
     let uptime = SystemTime::now()
         .duration_since(leader_since)
         .unwrap_or_default();
-    let body = json!({
+    let mut body = json!({
         "name": server.shared.name,
         "id": id_to_string(server.shared.member_id),
         "state": state,
@@ -134,8 +134,21 @@ pub fn stats_self(server: &EtcdServer, method: &Method) -> Response<RespBody> {
             "startTime": oxcd_api::time::format_rfc3339_nano(leader_since),
         },
         "recvAppendRequestCnt": status.recv_append_requests.load(Ordering::Relaxed),
-        "sendAppendRequestCnt": status.send_append_requests.load(Ordering::Relaxed),
     });
+    // etcd's rate fields are omitted while zero, and follow their counters.
+    let obj = body.as_object_mut().expect("built as an object");
+    if let Some((pkg, bw)) = status.recv_rate.rates() {
+        obj.insert("recvPkgRate".into(), json!(pkg));
+        obj.insert("recvBandwidthRate".into(), json!(bw));
+    }
+    obj.insert(
+        "sendAppendRequestCnt".into(),
+        json!(status.send_append_requests.load(Ordering::Relaxed)),
+    );
+    if let Some((pkg, bw)) = status.send_rate.rates() {
+        obj.insert("sendPkgRate".into(), json!(pkg));
+        obj.insert("sendBandwidthRate".into(), json!(bw));
+    }
     json_response(body.to_string())
 }
 

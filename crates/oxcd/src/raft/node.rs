@@ -94,6 +94,44 @@ pub struct RaftStatus {
     pub recv_append_requests: AtomicU64,
     /// Append requests sent to followers.
     pub send_append_requests: AtomicU64,
+    /// Recent append requests received (`recvPkgRate`, `recvBandwidthRate`).
+    pub recv_rate: RateWindow,
+    /// Recent append requests sent (`sendPkgRate`, `sendBandwidthRate`).
+    pub send_rate: RateWindow,
+}
+
+/// The last up-to-200 append requests (time, bytes), for the message and byte rates
+/// `/v2/stats/self` reports as etcd does: over the span of those requests, and zero once
+/// the newest is more than a second old.
+#[derive(Debug, Default)]
+pub struct RateWindow(std::sync::Mutex<std::collections::VecDeque<(Instant, usize)>>);
+
+impl RateWindow {
+    const CAPACITY: usize = 200;
+
+    /// Records one request of `bytes`.
+    pub fn record(&self, bytes: usize) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() == Self::CAPACITY {
+            q.pop_front();
+        }
+        q.push_back((Instant::now(), bytes));
+    }
+
+    /// (requests per second, bytes per second), or `None` when idle.
+    pub fn rates(&self) -> Option<(f64, f64)> {
+        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (first, last) = (q.front()?, q.back()?);
+        if last.0.elapsed() > Duration::from_secs(1) {
+            return None;
+        }
+        let span = last.0.duration_since(first.0).as_secs_f64();
+        if span <= 0.0 {
+            return None;
+        }
+        let bytes: usize = q.iter().map(|(_, b)| b).sum();
+        Some((q.len() as f64 / span, bytes as f64 / span))
+    }
 }
 
 /// Raft timing and identity.
@@ -251,6 +289,7 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
             self.status
                 .recv_append_requests
                 .fetch_add(1, Ordering::Relaxed);
+            self.status.recv_rate.record(msg.compute_size() as usize);
         }
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(error = %e, "raft: dropped peer message");
@@ -560,10 +599,14 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
     }
 
     fn send(&mut self, msgs: Vec<Message>) {
-        let appends = msgs
+        let mut appends = 0u64;
+        for m in msgs
             .iter()
             .filter(|m| m.get_msg_type() == MessageType::MsgAppend)
-            .count() as u64;
+        {
+            appends += 1;
+            self.status.send_rate.record(m.compute_size() as usize);
+        }
         if appends > 0 {
             self.status
                 .send_append_requests
