@@ -9,9 +9,9 @@
 //! and the restarted member must still hold every acknowledged write.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use oxcd_tests::cluster::{Ack, Load};
 use oxcd_tests::{request, Member};
 
 #[test]
@@ -20,15 +20,14 @@ fn acknowledged_writes_survive_sigkill() {
         Path::new(env!("CARGO_BIN_EXE_oxcd")),
         &["--snapshot-count", "50", "--max-snapshots", "2"],
     );
-    let mut acked: Vec<(String, String, u64)> = Vec::new();
+    let mut acked: Vec<Ack> = Vec::new();
     for round in 0..4u64 {
-        let url = m.client_url.clone();
-        let writers = std::thread::spawn(move || write_until_gone(&url, &format!("r{round}")));
+        let writers = Load::start(vec![m.client_url.clone()], 4, &format!("r{round}"));
         // A pseudo-random moment between 150 and 650 ms.
         let delay = 150 + (round * 7919 + std::process::id() as u64) % 500;
         std::thread::sleep(Duration::from_millis(delay));
         m.kill();
-        acked.extend(writers.join().unwrap());
+        acked.extend(writers.stop());
         m.restart();
         assert!(
             !acked.is_empty(),
@@ -53,9 +52,9 @@ fn acknowledged_writes_survive_sigkill() {
 }
 
 /// Every acknowledged write reads back with its value and index.
-fn assert_all_present(m: &Member, acked: &[(String, String, u64)], what: &str) {
+fn assert_all_present(m: &Member, acked: &[Ack], what: &str) {
     for (key, value, idx) in acked {
-        let r = request(&m.client_url, "GET", key, None);
+        let r = request(&m.client_url, "GET", &format!("/v2/keys/{key}"), None);
         let node = &r.json()["node"];
         assert_eq!(
             node["value"],
@@ -65,37 +64,6 @@ fn assert_all_present(m: &Member, acked: &[(String, String, u64)], what: &str) {
         );
         assert_eq!(node["modifiedIndex"], *idx, "{what}: {key} changed index");
     }
-}
-
-/// Writes until the server stops answering; returns what was acknowledged.
-fn write_until_gone(url: &str, tag: &str) -> Vec<(String, String, u64)> {
-    let acked: Arc<Mutex<Vec<(String, String, u64)>>> = Arc::default();
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let (url, acked, tag) = (url.to_string(), Arc::clone(&acked), tag.to_string());
-            std::thread::spawn(move || {
-                for i in 0..100_000 {
-                    let key = format!("/v2/keys/{tag}/w{w}/k{i}");
-                    let value = format!("{tag}-{w}-{i}");
-                    let res = oxcd_tests::ureq::put(&format!("{url}{key}"))
-                        .timeout(Duration::from_secs(5))
-                        .send_form(&[("value", value.as_str())]);
-                    let Ok(r) = res else { break };
-                    let body: serde_json::Value =
-                        serde_json::from_str(&r.into_string().unwrap_or_default())
-                            .unwrap_or_default();
-                    if let Some(idx) = body["node"]["modifiedIndex"].as_u64() {
-                        acked.lock().unwrap().push((key, value, idx));
-                    }
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.join().unwrap();
-    }
-    let acked = acked.lock().unwrap();
-    acked.clone()
 }
 
 #[test]
@@ -125,9 +93,11 @@ fn acknowledged_writes_survive_crashes_at_every_durability_step() {
                 ("OXCD_WAL_SEGMENT_BYTES", "8192"),
             ],
         );
-        let acked = write_until_gone(&m.client_url, "fp");
+        let writers = Load::start(vec![m.client_url.clone()], 4, "fp");
+        let stopped = m.wait_exit(Duration::from_secs(30));
+        let acked = writers.stop();
         assert!(
-            m.wait_exit(Duration::from_secs(30)),
+            stopped,
             "{point}: the process did not stop at the failpoint"
         );
         let name = point.split('@').next().unwrap();

@@ -515,14 +515,7 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
             .spawn(move || {
                 let data = job();
                 let size = data.len();
-                let cs = snap.get_metadata().get_conf_state();
-                let file = oxcd_wal::Snapshot {
-                    term,
-                    index,
-                    voters: cs.voters.clone(),
-                    learners: cs.learners.clone(),
-                    data,
-                };
+                let file = super::storage::snapshot_file(snap.get_metadata(), data);
                 match writer.save(&file) {
                     Ok(path) => {
                         tracing::info!(

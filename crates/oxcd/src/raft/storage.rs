@@ -279,14 +279,17 @@ impl RaftStorage {
         hard_state: Option<&HardState>,
     ) -> raft::Result<()> {
         let snapshot = snapshot.filter(|s| s.get_metadata().index >= self.rl().first_index());
+        // Set once the snapshot is in its file: memory then keeps only its metadata.
+        let mut saved_snapshot = None;
         if let Some(snap) = snapshot {
             // A snapshot from the leader: its file and WAL marker go to disk before the
             // entries that follow it, so a restart finds the snapshot the WAL continues from.
             // A crash in between leaves the file without a marker; restart then falls back
             // to the older state and the leader sends the snapshot again.
-            self.save_snapshot_files(snap);
+            if self.save_snapshot_files(snap) {
+                saved_snapshot = Some(snap.get_metadata().index);
+            }
         }
-        let saved_snapshot = snapshot.map(|s| s.get_metadata().index);
         if let Some(wal) = self.wal.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             let hs = hard_state.map(|h| oxcd_wal::HardState {
                 term: h.term,
@@ -321,14 +324,7 @@ impl RaftStorage {
         }
         drop(core);
         if let Some(index) = saved_snapshot {
-            if self
-                .snapshots
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some()
-            {
-                self.drop_snapshot_data(index);
-            }
+            self.drop_snapshot_data(index);
         }
         Ok(())
     }
@@ -394,11 +390,6 @@ impl RaftStorage {
             core.snapshot.data = Default::default();
         }
     }
-
-    /// The latest snapshot (index 0 if none).
-    pub fn latest_snapshot(&self) -> Snapshot {
-        self.rl().snapshot.clone()
-    }
 }
 
 /// Removal of WAL files wholly before a snapshot and of snapshots beyond the limits
@@ -433,20 +424,24 @@ impl PurgeJob {
     }
 }
 
+/// The file form of a raft snapshot's metadata with `data` (taken, not copied).
+pub fn snapshot_file(meta: &SnapshotMetadata, data: Vec<u8>) -> oxcd_wal::Snapshot {
+    let cs = meta.get_conf_state();
+    oxcd_wal::Snapshot {
+        term: meta.term,
+        index: meta.index,
+        voters: cs.voters.clone(),
+        learners: cs.learners.clone(),
+        data,
+    }
+}
+
 /// Writes a raft snapshot to its file (synchronously; callable from any thread).
 pub fn write_snapshot_file(
     writer: &oxcd_wal::Snapshotter,
     snap: &Snapshot,
 ) -> oxcd_wal::Result<std::path::PathBuf> {
-    let meta = snap.get_metadata();
-    let cs = meta.get_conf_state();
-    writer.save(&oxcd_wal::Snapshot {
-        term: meta.term,
-        index: meta.index,
-        voters: cs.voters.clone(),
-        learners: cs.learners.clone(),
-        data: snap.data.to_vec(),
-    })
+    writer.save(&snapshot_file(snap.get_metadata(), snap.data.to_vec()))
 }
 
 /// The bootstrap entries of a new cluster (see [`RaftStorage::new_bootstrap`]).

@@ -152,12 +152,8 @@ impl EtcdServer {
         } = &req
         {
             let id = self.shared.ids.next();
-            return match self.submit(id, || RaftInput::ReadIndex { id }).await? {
-                Outcome::Readable => Ok(self.get(path, *recursive, *sorted)),
-                // A read is never applied through the log; keep the compiler honest.
-                Outcome::Applied(res) => Ok(res),
-                Outcome::Dropped => Err(ServerError::Timeout),
-            };
+            self.submit(id, || RaftInput::ReadIndex { id }).await?;
+            return Ok(self.get(path, *recursive, *sorted));
         }
         let id = self.shared.ids.next();
         let data = RaftRequest {
@@ -169,15 +165,18 @@ impl EtcdServer {
             id,
             data: data.clone(),
         };
-        match self.submit(id, propose).await? {
-            Outcome::Applied(res) => Ok(res),
-            Outcome::Readable | Outcome::Dropped => Err(ServerError::Timeout),
-        }
+        // A proposal is only ever answered with its applied result.
+        self.submit(id, propose).await?.ok_or(ServerError::Timeout)
     }
 
-    /// Registers a waiter for `id`, sends `input()` to raft and waits for the outcome. While raft drops it for want of a leader (an election, or this member is cut
+    /// Registers a waiter for `id`, sends `input()` to raft and waits for the outcome: the
+    /// applied result of a proposal, or `None` when a read may be served locally. While raft drops it for want of a leader (an election, or this member is cut
     /// off), it is sent again, as etcd keeps waiting, until the request timeout.
-    async fn submit(&self, id: u64, input: impl Fn() -> RaftInput) -> Result<Outcome, ServerError> {
+    async fn submit(
+        &self,
+        id: u64,
+        input: impl Fn() -> RaftInput,
+    ) -> Result<Option<ApplyResult>, ServerError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         // Removes the registration if this future is dropped (client went away) or times out.
         let _guard = WaitGuard {
@@ -197,7 +196,8 @@ impl EtcdServer {
                         return Err(ServerError::Timeout);
                     }
                 }
-                Ok(Ok(outcome)) => return Ok(outcome),
+                Ok(Ok(Outcome::Applied(res))) => return Ok(Some(res)),
+                Ok(Ok(Outcome::Readable)) => return Ok(None),
                 Ok(Err(_)) => return Err(ServerError::Stopped),
                 Err(_) => return Err(ServerError::Timeout),
             }

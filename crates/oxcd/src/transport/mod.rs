@@ -39,18 +39,6 @@ pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
 /// Messages queued per peer before new ones are dropped.
 const QUEUE: usize = 4096;
 
-/// A transport for a member without peers: any message is a bug in the caller's
-/// configuration, so it is logged and dropped.
-pub struct NullTransport;
-
-impl crate::raft::Transport for NullTransport {
-    fn send(&mut self, msgs: Vec<Message>) {
-        for m in msgs {
-            tracing::warn!(to = m.to, "transport: no peer transport, message dropped");
-        }
-    }
-}
-
 /// Round-trip latency and delivery counts of one follower, as `/v2/stats/leader` shows them.
 #[derive(Debug, Default, Clone)]
 pub struct FollowerStats {
@@ -223,7 +211,6 @@ impl crate::raft::Transport for PeerTransport {
         for m in msgs {
             let to = m.to;
             let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
-            let raft = self.raft.clone();
             let Some(q) = self.queues(to) else {
                 tracing::warn!(to = %format!("{to:x}"), "transport: message to an unknown member dropped");
                 continue;
@@ -235,7 +222,7 @@ impl crate::raft::Transport for PeerTransport {
             };
             if !queued {
                 tracing::debug!(to = %format!("{to:x}"), snapshot = is_snapshot, "transport: queue full, message dropped");
-                let _ = raft.send(if is_snapshot {
+                let _ = self.raft.send(if is_snapshot {
                     RaftInput::SnapshotStatus {
                         to,
                         delivered: false,
