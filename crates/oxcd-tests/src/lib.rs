@@ -268,7 +268,8 @@ pub fn request(base: &str, method: &str, path: &str, form: Option<&str>) -> Repl
     }
 }
 
-/// Rewrites absolute indexes as offsets from `base` and masks timestamps, in place.
+/// Rewrites absolute indexes as offsets from `base`, masks timestamps and orders listings
+/// by key, in place.
 pub fn normalize(v: &mut Value, base: u64) {
     match v {
         Value::Object(map) => {
@@ -283,6 +284,14 @@ pub fn normalize(v: &mut Value, base: u64) {
                     "key" => {
                         if let Some(s) = val.as_str() {
                             *val = Value::from(normalize_key(s, base));
+                        }
+                    }
+                    "nodes" => {
+                        // Unsorted listings come in map order on both servers (random in
+                        // etcd): compare them as sets.
+                        normalize(val, base);
+                        if let Some(items) = val.as_array_mut() {
+                            items.sort_by(|a, b| a["key"].to_string().cmp(&b["key"].to_string()));
                         }
                     }
                     _ => normalize(val, base),

@@ -22,6 +22,12 @@ pub struct EventHistory {
 
 impl EventHistory {
     pub fn add(&mut self, event: Arc<Event>, refresh: bool) {
+        debug_assert!(
+            self.queue
+                .back()
+                .is_none_or(|b| b.event.index() <= event.index()),
+            "history indexes must not decrease (scan searches them)"
+        );
         if self.queue.len() == HISTORY_CAPACITY {
             self.queue.pop_front();
         }
@@ -52,9 +58,12 @@ impl EventHistory {
         } else {
             format!("{key}/")
         };
-        for r in &self.queue {
+        // Indexes increase along the queue: skip the older events by binary search (a
+        // watcher catching up asks with an index near the end of a full history).
+        let first = self.queue.partition_point(|r| r.event.index() < index);
+        for r in self.queue.range(first..) {
             let e = &r.event;
-            if r.refresh || e.index() < index {
+            if r.refresh {
                 continue;
             }
             let node_key = e.node.as_ref().map(|n| n.key.as_str()).unwrap_or("");

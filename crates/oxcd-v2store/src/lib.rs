@@ -11,8 +11,8 @@
 //! - every change is recorded in the history and offered to the matching watchers once;
 //! - a node with an expiry is in the TTL index, and only such nodes are.
 //!
-//! Deviations from etcd: children are kept sorted (a `BTreeMap`), so unsorted listings come
-//! out sorted too (etcd's order is random); snapshots do not carry the event history.
+//! Deviations from etcd: snapshots do not carry the event history. As in etcd, children are
+//! unordered (a hash map) and only `sorted=true` listings come out sorted.
 
 mod history;
 mod node;

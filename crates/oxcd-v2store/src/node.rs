@@ -1,6 +1,6 @@
 //! Nodes of the tree and their API representation.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -18,7 +18,8 @@ pub struct Node {
     /// Expiry; `None` = permanent.
     pub expire: Option<SystemTime>,
     /// `Some` for directories.
-    pub children: Option<BTreeMap<String, Node>>,
+    /// Children by name (unordered, as etcd's map: `sorted=true` listings sort them).
+    pub children: Option<HashMap<String, Node>>,
 }
 
 impl Node {
@@ -38,7 +39,7 @@ impl Node {
             modified_index: index,
             value: Arc::from(""),
             expire,
-            children: Some(BTreeMap::new()),
+            children: Some(HashMap::new()),
         }
     }
 
@@ -97,16 +98,20 @@ impl Node {
 /// Visible (non-hidden) children of a directory as API nodes.
 pub fn list_children(
     path: &str,
-    children: &BTreeMap<String, Node>,
+    children: &HashMap<String, Node>,
     recursive: bool,
     sorted: bool,
     now: SystemTime,
 ) -> Vec<NodeExtern> {
-    children
+    let mut list: Vec<NodeExtern> = children
         .iter()
         .filter(|(name, _)| !name.starts_with('_'))
         .map(|(name, child)| child.repr(&join(path, name), recursive, sorted, now))
-        .collect()
+        .collect();
+    if sorted {
+        list.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    }
+    list
 }
 
 /// `path.Join(dir, name)` for a rooted clean `dir`.

@@ -1,6 +1,6 @@
 //! The store operations, with etcd v2's semantics and error causes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -97,6 +97,10 @@ impl SavedState {
 
 /// Go's `path.Clean(path.Join("/", p))`.
 fn clean(p: &str) -> String {
+    if is_clean(p) {
+        // The common case: one copy, no segment list.
+        return p.to_string();
+    }
     let mut parts: Vec<&str> = Vec::new();
     for seg in p.split('/') {
         match seg {
@@ -110,8 +114,27 @@ fn clean(p: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
-fn segments(path: &str) -> Vec<&str> {
-    path.split('/').filter(|s| !s.is_empty()).collect()
+/// Whether `clean` would return `p` unchanged: rooted, no empty, `.` or `..` segment.
+fn is_clean(p: &str) -> bool {
+    match p.strip_prefix('/') {
+        Some("") => true,
+        Some(rest) => rest
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != ".."),
+        None => false,
+    }
+}
+
+/// The segments of a path with, for each, the end of the path prefix it completes (so
+/// an error can name the prefix without building it on every step).
+fn segments(path: &str) -> impl Iterator<Item = (&str, usize)> {
+    path.split('/')
+        .scan(0usize, |at, seg| {
+            let start = *at;
+            *at += seg.len() + 1;
+            Some((seg, start + seg.len()))
+        })
+        .filter(|(seg, _)| !seg.is_empty())
 }
 
 fn split(path: &str) -> (String, String) {
@@ -152,29 +175,25 @@ impl Store {
 
     fn walk(&self, path: &str) -> Result<&Node> {
         let mut node = &self.root;
-        let mut curr = "/".to_string();
-        for seg in segments(path) {
+        // The path walked so far: `path[..walked]` ("/" at the root).
+        let mut walked = 0;
+        for (seg, end) in segments(path) {
             let Some(children) = &node.children else {
+                let curr = if walked == 0 { "/" } else { &path[..walked] };
                 return Err(Error::new(ErrorCode::NotDir, curr, self.index));
             };
             match children.get(seg) {
                 Some(child) => node = child,
-                None => {
-                    return Err(Error::new(
-                        ErrorCode::KeyNotFound,
-                        join(&curr, seg),
-                        self.index,
-                    ))
-                }
+                None => return Err(Error::new(ErrorCode::KeyNotFound, &path[..end], self.index)),
             }
-            curr = join(&curr, seg);
+            walked = end;
         }
         Ok(node)
     }
 
     fn walk_mut(&mut self, path: &str) -> Option<&mut Node> {
         let mut node = &mut self.root;
-        for seg in segments(path) {
+        for (seg, _) in segments(path) {
             node = node.children.as_mut()?.get_mut(seg)?;
         }
         Some(node)
@@ -258,20 +277,21 @@ impl Store {
         // Walk to the parent, creating missing directories; a file on the way is an error.
         let index = self.index;
         let mut prev: Option<(NodeExtern, Option<SystemTime>)> = None;
+        let ext;
         {
             let mut node = &mut self.root;
-            let mut walked = "/".to_string();
-            for seg in segments(&dir_path) {
-                walked = join(&walked, seg);
+            for (seg, end) in segments(&dir_path) {
                 let children = node
                     .children
                     .as_mut()
                     .expect("walk only enters directories");
-                let child = children
-                    .entry(seg.to_string())
-                    .or_insert_with(|| Node::new_dir(curr, None));
+                // Look up before inserting: an existing directory needs no owned key.
+                if !children.contains_key(seg) {
+                    children.insert(seg.to_string(), Node::new_dir(curr, None));
+                }
+                let child = children.get_mut(seg).expect("present or just inserted");
                 if !child.is_dir() {
-                    return Err(Error::new(ErrorCode::NotFile, walked, index));
+                    return Err(Error::new(ErrorCode::NotFile, &dir_path[..end], index));
                 }
                 node = child;
             }
@@ -290,14 +310,13 @@ impl Store {
             } else {
                 Node::new_file(value, curr, expire)
             };
+            // A new node has no children: its view is the same before and after insertion.
+            ext = new.repr(&path, false, false, now);
             children.insert(name, new);
         }
         let prev_expire = prev.as_ref().and_then(|(_, e)| *e);
         self.set_ttl(&path, prev_expire, expire);
         self.index = curr;
-        let node = self.walk(&path).expect("just created");
-        let ext = node.repr(&path, false, false, now);
-        let ext = NodeExtern { nodes: None, ..ext };
         Ok(Event {
             action,
             node: Some(ext),
@@ -329,40 +348,34 @@ impl Store {
         now: SystemTime,
     ) -> Result<Event> {
         let path = clean(path);
-        let existing = match self.walk(&path) {
-            Ok(n) => Some((n.value.clone(), n.created_index, n.modified_index, n.expire)),
+        // The current value: a refresh keeps it. (A failed walk other than "not found" —
+        // a file on the way — is the error etcd reports.)
+        let current = match self.walk(&path) {
+            Ok(n) => Some(Arc::clone(&n.value)),
             Err(e) if e.code == ErrorCode::KeyNotFound => None,
             Err(e) => return Err(e),
         };
-        let mut value = value.to_string();
-        if ttl.refresh {
-            match &existing {
-                Some((v, ..)) => value = v.to_string(),
+        let value: &str = if ttl.refresh {
+            match &current {
+                Some(v) => v,
                 None => {
                     return Err(Error::new(ErrorCode::KeyNotFound, path, self.index));
                 }
             }
-        }
+        } else {
+            value
+        };
+        // `internal_create` with `replace` reports the replaced node as `prevNode`.
         let mut ev = self.internal_create(
             &path,
             dir,
-            &value,
+            value,
             false,
             true,
             ttl.expire_time,
             Action::Set,
             now,
         )?;
-        if let Some((v, created, modified, expire)) = existing {
-            let prev = Node {
-                created_index: created,
-                modified_index: modified,
-                value: v,
-                expire,
-                children: None,
-            };
-            ev.prev_node = Some(prev.repr(&path, false, false, now));
-        }
         ev.etcd_index = self.index;
         Ok(self.notify(ev, ttl.refresh))
     }
@@ -771,5 +784,4 @@ fn collect_ttl(path: &str, node: &Node, out: &mut BTreeSet<(SystemTime, String)>
 fn _assert_send_sync() {
     fn is<T: Send + Sync>() {}
     is::<Store>();
-    let _ = BTreeMap::<u8, u8>::new();
 }

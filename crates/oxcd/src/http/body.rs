@@ -50,17 +50,23 @@ pub struct WatchBody {
     pub done: bool,
 }
 
+/// Encoded events kept per worker thread, by index modulo this.
+const ENCODED_CACHE: usize = 64;
+
 fn encode_event(ev: &Arc<Event>) -> Bytes {
-    // One write wakes every watcher of the key with the same `Arc<Event>`: encode it once
-    // per worker thread and hand the others the same bytes. The cache holds the Arc, so its
-    // address cannot be reused by another event while it is cached.
+    // One write wakes every watcher of the key with the same `Arc<Event>`, and watchers
+    // catching up from the history ask for the recent ones again: each worker thread keeps
+    // the last events it encoded, by index, and hands out the same bytes. An entry holds its
+    // Arc, so the address compared cannot be reused by another event while it is cached.
+    type Slot = Option<(Arc<Event>, Bytes)>;
     thread_local! {
-        static LAST: std::cell::RefCell<Option<(Arc<Event>, Bytes)>> =
-            const { std::cell::RefCell::new(None) };
+        static RECENT: std::cell::RefCell<Vec<Slot>> =
+            std::cell::RefCell::new(vec![None; ENCODED_CACHE]);
     }
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if let Some((cached, bytes)) = last.as_ref() {
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        let slot = &mut recent[(ev.index() % ENCODED_CACHE as u64) as usize];
+        if let Some((cached, bytes)) = slot.as_ref() {
             if Arc::ptr_eq(cached, ev) {
                 return bytes.clone();
             }
@@ -70,7 +76,7 @@ fn encode_event(ev: &Arc<Event>) -> Bytes {
         let mut buf = serde_json::to_vec(&trimmed).unwrap_or_default();
         buf.push(b'\n');
         let bytes = Bytes::from(buf);
-        *last = Some((Arc::clone(ev), bytes.clone()));
+        *slot = Some((Arc::clone(ev), bytes.clone()));
         bytes
     })
 }

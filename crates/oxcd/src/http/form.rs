@@ -195,7 +195,29 @@ pub fn path_join(a: &str, b: &str) -> String {
     if b.is_empty() {
         return path_clean(a);
     }
-    path_clean(&format!("{a}/{b}"))
+    let mut joined = String::with_capacity(a.len() + 1 + b.len());
+    joined.push_str(a);
+    if !b.starts_with('/') {
+        joined.push('/');
+    }
+    joined.push_str(b);
+    if is_clean(&joined) {
+        // The common case (`/v2/keys/a/b`): nothing to clean, no second string.
+        return joined;
+    }
+    path_clean(&joined)
+}
+
+/// Whether `path_clean` would return `p` unchanged: rooted, and no empty, `.` or `..`
+/// segment (so no doubled or trailing slash).
+fn is_clean(p: &str) -> bool {
+    match p.strip_prefix('/') {
+        Some("") => true,
+        Some(rest) => rest
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != ".."),
+        None => false,
+    }
 }
 
 /// Go's `strconv.ParseBool`.
@@ -258,6 +280,13 @@ mod tests {
         assert_eq!(clean_path("/v2/keys/foo/"), "/v2/keys/foo/");
         assert_eq!(clean_path("/v2/keys/a/../b/"), "/v2/keys/b/");
         assert_eq!(path_join("/1", "/foo/"), "/1/foo");
+        assert_eq!(path_join("/1", "foo/bar"), "/1/foo/bar");
+        assert_eq!(path_join("/1", "foo//bar/./x/../"), "/1/foo/bar");
+        assert_eq!(path_join("/1", "/.."), "/");
+        assert_eq!(path_join("/1", "a/.b"), "/1/a/.b");
+        assert!(is_clean("/") && is_clean("/a/b") && is_clean("/a/...") && is_clean("/a/.b"));
+        assert!(!is_clean("a") && !is_clean("/a/") && !is_clean("//a") && !is_clean("/a/."));
+        assert!(!is_clean("/a/../b") && !is_clean(""));
         assert_eq!(path_join("/1", ""), "/1");
         assert_eq!(path_join("/1", "/"), "/1");
     }

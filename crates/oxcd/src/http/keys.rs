@@ -297,13 +297,46 @@ pub fn error_response(err: &V2Error) -> Response<RespBody> {
 
 fn raft_headers(resp: &mut Response<RespBody>, server: &EtcdServer, etcd_index: u64) {
     let h = resp.headers_mut();
+    // These four and the three CORS headers: one allocation for the map, not a regrowth.
+    h.reserve(8);
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(names::X_ETCD_INDEX, HeaderValue::from(etcd_index));
-    h.insert(
-        names::X_RAFT_INDEX,
-        HeaderValue::from(server.commit_index()),
-    );
-    h.insert(names::X_RAFT_TERM, HeaderValue::from(server.term()));
+    h.insert(names::X_ETCD_INDEX, number_header(0, etcd_index));
+    h.insert(names::X_RAFT_INDEX, number_header(1, server.commit_index()));
+    h.insert(names::X_RAFT_TERM, number_header(2, server.term()));
+}
+
+/// The header value of a number. Responses repeat the same numbers (the term nearly always;
+/// the indexes across a burst of reads or of watch events), so each worker thread keeps the
+/// last value of each of the three headers (`slot`) and hands out clones, which share bytes.
+fn number_header(slot: usize, n: u64) -> HeaderValue {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<[Option<(u64, HeaderValue)>; 3]> = const { RefCell::new([None, None, None]) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((cached, value)) = &last[slot] {
+            if *cached == n {
+                return value.clone();
+            }
+        }
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut rest = n;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        // One allocation (`HeaderValue::from(u64)` makes two), and only ASCII digits.
+        let value = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&digits[at..]))
+            .expect("digits are a valid header value");
+        last[slot] = Some((n, value.clone()));
+        value
+    })
 }
 
 fn is_created(ev: &Event) -> bool {
@@ -426,6 +459,19 @@ mod tests {
     fn parse(method: Method, path: &str, query: &str) -> Result<KeyRequest, V2Error> {
         let (form, err) = parse_query(query.as_bytes());
         parse_key_request(&method, path, &form, err.as_deref(), SystemTime::now())
+    }
+
+    #[test]
+    fn number_headers_are_decimal_and_cached_per_slot() {
+        for n in [0, 7, 10, 42, 1_000_000, u64::MAX] {
+            assert_eq!(number_header(0, n).to_str().unwrap(), n.to_string());
+            assert_eq!(number_header(0, n).to_str().unwrap(), n.to_string());
+            assert_eq!(number_header(2, n).to_str().unwrap(), n.to_string());
+        }
+        // Slots do not leak into each other.
+        assert_eq!(number_header(1, 5).to_str().unwrap(), "5");
+        assert_eq!(number_header(2, 9).to_str().unwrap(), "9");
+        assert_eq!(number_header(1, 5).to_str().unwrap(), "5");
     }
 
     #[test]
