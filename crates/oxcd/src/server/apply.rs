@@ -178,9 +178,12 @@ impl Applier for ServerApplier {
             }
         }
         // Wake the clients after releasing the store lock so they can read at once.
-        for (id, res) in results {
-            shared.wait.trigger(id, Outcome::Applied(res));
-        }
+        shared.wait.trigger_all(
+            results
+                .into_iter()
+                .map(|(id, res)| (id, Outcome::Applied(res)))
+                .collect(),
+        );
     }
 
     fn apply_conf_change(&mut self, index: u64, cc: &ConfChange) {
@@ -344,9 +347,9 @@ impl Applier for ServerApplier {
     }
 
     fn reads_ready(&mut self, ids: &[u64]) {
-        for &id in ids {
-            self.shared.wait.trigger(id, Outcome::Readable);
-        }
+        self.shared
+            .wait
+            .trigger_all(ids.iter().map(|&id| (id, Outcome::Readable)).collect());
     }
 }
 

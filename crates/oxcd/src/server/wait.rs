@@ -33,7 +33,26 @@ impl<T> Wait<T> {
 
     /// Delivers the result for `id` if somebody waits for it.
     pub fn trigger(&self, id: u64, value: T) {
-        if let Some(tx) = self.lock().remove(&id) {
+        // Release the lock before waking the requester: it may run at once on this core
+        // and would block on the lock (two extra context switches per request).
+        let tx = self.lock().remove(&id);
+        if let Some(tx) = tx {
+            let _ = tx.send(value);
+        }
+    }
+
+    /// Delivers several results, taking the lock once.
+    pub fn trigger_all(&self, results: Vec<(u64, T)>) {
+        let mut ready = Vec::with_capacity(results.len());
+        {
+            let mut waiters = self.lock();
+            for (id, value) in results {
+                if let Some(tx) = waiters.remove(&id) {
+                    ready.push((tx, value));
+                }
+            }
+        }
+        for (tx, value) in ready {
             let _ = tx.send(value);
         }
     }
@@ -87,6 +106,17 @@ mod tests {
         w.cancel(5);
         assert!(!w.is_registered(5));
         w.trigger(9, 1);
+        assert!(w.is_empty());
+    }
+
+    #[tokio::test]
+    async fn trigger_all_delivers_to_the_waiting_ones() {
+        let w = Wait::default();
+        let (a, b) = (w.register(1), w.register(2));
+        w.cancel(2);
+        w.trigger_all(vec![(1, "one"), (2, "two"), (3, "three")]);
+        assert_eq!(a.await.unwrap(), "one");
+        assert!(b.await.is_err(), "a cancelled waiter gets nothing");
         assert!(w.is_empty());
     }
 }
