@@ -45,6 +45,8 @@ pub struct Wal {
     hard_state: HardState,
     buf: Vec<u8>,
     scratch: Vec<u8>,
+    /// How long the last `save` that synced spent in fdatasync (for the fsync histogram).
+    last_sync: Option<std::time::Duration>,
 }
 
 fn file_name(seq: u64, index: u64) -> String {
@@ -255,6 +257,7 @@ impl Wal {
             hard_state: HardState::default(),
             buf: Vec::new(),
             scratch: Vec::new(),
+            last_sync: None,
         })
     }
 
@@ -408,6 +411,7 @@ impl Wal {
             hard_state: out.hard_state,
             buf: Vec::new(),
             scratch: Vec::new(),
+            last_sync: None,
         };
         Ok((wal, out))
     }
@@ -444,6 +448,12 @@ impl Wal {
         Ok(())
     }
 
+    /// The time the last synced write spent in fdatasync, once (None if nothing synced
+    /// since the previous call).
+    pub fn take_sync_time(&mut self) -> Option<std::time::Duration> {
+        self.last_sync.take()
+    }
+
     /// Records that a snapshot was taken at `marker`.
     pub fn save_snapshot(&mut self, marker: SnapshotMarker) -> Result<()> {
         self.buf.clear();
@@ -466,7 +476,9 @@ impl Wal {
             .map_err(io_err(ctx()))?;
         if sync {
             crate::failpoint::hit("wal_before_sync");
+            let started = std::time::Instant::now();
             self.file.sync_data().map_err(io_err(ctx()))?;
+            self.last_sync = Some(started.elapsed());
         }
         self.size += self.buf.len() as u64;
         Ok(())

@@ -1,8 +1,8 @@
 //! Prometheus metrics (`/metrics`), named as etcd names them so existing dashboards work.
 //!
 //! Request counters and latency histograms are updated on the request path; raft counters
-//! are read from [`RaftStatus`](crate::raft::RaftStatus) when `/metrics` is scraped, so the raft
-//! thread never touches the registry.
+//! are read from [`RaftStatus`](crate::raft::RaftStatus) when `/metrics` is scraped; the raft
+//! thread only observes the WAL fsync histogram (atomic adds, no registry lookup).
 
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
@@ -34,6 +34,7 @@ struct Metrics {
     has_leader: IntGauge,
     is_leader: IntGauge,
     store_index: IntGauge,
+    wal_fsync: prometheus::Histogram,
 }
 
 fn metrics() -> &'static Metrics {
@@ -105,6 +106,14 @@ fn metrics() -> &'static Metrics {
                 "Whether or not this member is a leader. 1 if is, 0 otherwise.",
             ),
             store_index: gauge("oxcd_v2_store_index", "The current index of the v2 store."),
+            wal_fsync: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "etcd_disk_wal_fsync_duration_seconds",
+                    "The latency distributions of fsync called by WAL.",
+                )
+                .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("valid buckets")),
+            )
+            .expect("valid metric"),
             registry,
             by_method: [
                 Method::GET,
@@ -138,6 +147,7 @@ fn metrics() -> &'static Metrics {
             Box::new(m.has_leader.clone()),
             Box::new(m.is_leader.clone()),
             Box::new(m.store_index.clone()),
+            Box::new(m.wal_fsync.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric registered once");
@@ -168,6 +178,11 @@ pub fn observe_http(method: &Method, status: StatusCode, elapsed: Duration) {
                 .observe(elapsed.as_secs_f64()),
         }
     }
+}
+
+/// Records one WAL fdatasync (etcd's `etcd_disk_wal_fsync_duration_seconds`).
+pub fn observe_wal_fsync(took: Duration) {
+    metrics().wal_fsync.observe(took.as_secs_f64());
 }
 
 /// Records a health check.

@@ -301,6 +301,9 @@ impl RaftStorage {
             wal.save(hs.as_ref(), &ents)
                 .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
             let took = started.elapsed();
+            if let Some(sync) = wal.take_sync_time() {
+                crate::metrics::observe_wal_fsync(sync);
+            }
             if took > std::time::Duration::from_secs(1) {
                 tracing::warn!(took_ms = took.as_millis() as u64, "wal: slow fdatasync");
             }
