@@ -90,12 +90,13 @@ pub enum Workload {
         #[arg(long)]
         quorum: bool,
     },
-    /// Long-poll watchers on one key; a single writer; measures delivery latency.
+    /// Long-poll watchers on one key; writes on a fixed schedule; measures delivery latency.
     Watch {
         /// Number of watchers (one connection each).
         #[arg(long, default_value_t = 100)]
         watchers: usize,
-        /// Number of sequential writes (spaced by --rate, else 10 ms apart).
+        /// Number of writes, issued on a fixed schedule (--rate per second, else 100/s)
+        /// whether or not earlier ones were acknowledged yet.
         #[arg(long, default_value_t = 100)]
         writes: u64,
         /// Watch the prefix directory recursively instead of the key.

@@ -1,6 +1,6 @@
 //! The watch workload: N long-poll watchers (one connection each, spread over the endpoints)
-//! on one key or, recursively, on the prefix; one writer doing W spaced PUTs. Delivery
-//! latency = when a watcher received the event − when the writer saw that PUT acknowledged.
+//! on one key or, recursively, on the prefix; W PUTs issued on a fixed schedule (open loop).
+//! Delivery latency = when a watcher received the event − when that PUT was acknowledged.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -134,30 +134,51 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         t0.elapsed().as_secs_f64()
     );
 
-    // The writer: W sequential PUTs, spaced by --rate (else 10 ms).
+    // The writer: W PUTs on a fixed schedule, spaced by --rate (else 10 ms, etcd's
+    // watch-latency default of 100 puts/s). The schedule is open-loop: a PUT that is slow to
+    // be acknowledged does not delay the next one (it goes out on another connection), so
+    // every server gets the same offered load. (A closed-loop writer lets the server's write
+    // latency set the write rate: a server that acknowledges writes quickly under the
+    // watch storm would be handed more events per second than one that stalls the writer.)
     let spacing = cfg.rate.map_or(Duration::from_millis(10), |r| {
         Duration::from_secs_f64(1.0 / r)
     });
     let mut acks: HashMap<u64, (Instant, Instant)> = HashMap::new();
     let mut rec = Recorder::default();
     let start = Instant::now();
+    let (idle_tx, mut idle_rx) = tokio::sync::mpsc::unbounded_channel::<Conn>();
+    let _ = idle_tx.send(writer);
+    let mut puts = JoinSet::new();
     for w in 0..writes {
         tokio::time::sleep_until(start + spacing.mul_f64(w as f64)).await;
-        let sent = Instant::now();
-        match writer.request(Method::PUT, &key, Some(body.clone())).await {
-            Ok(r) if accepted(true, r.status) => {
-                let acked = Instant::now();
-                match modified_index(&r.body) {
-                    Some(m) => {
-                        acks.insert(m, (sent, acked));
-                    }
-                    None => rec.error("writer: reply without node.modifiedIndex"),
-                }
+        let mut conn = idle_rx
+            .try_recv()
+            .unwrap_or_else(|_| Conn::new(endpoints.clone(), w as usize, cfg.timeout));
+        let (key, body, idle_tx, counters) =
+            (key.clone(), body.clone(), idle_tx.clone(), counters.clone());
+        puts.spawn(async move {
+            let sent = Instant::now();
+            let result = conn.request(Method::PUT, &key, Some(body)).await;
+            let acked = Instant::now();
+            let _ = idle_tx.send(conn);
+            counters.writes.fetch_add(1, Ordering::Relaxed);
+            match result {
+                Ok(r) if accepted(true, r.status) => match modified_index(&r.body) {
+                    Some(m) => Ok((m, sent, acked)),
+                    None => Err("writer: reply without node.modifiedIndex".to_string()),
+                },
+                Ok(r) => Err(format!("writer {}", status_error(r.status, &r.body))),
+                Err(e) => Err(format!("writer {}", e.kind())),
             }
-            Ok(r) => rec.error(format!("writer {}", status_error(r.status, &r.body))),
-            Err(e) => rec.error(format!("writer {}", e.kind())),
+        });
+    }
+    while let Some(put) = puts.join_next().await {
+        match put.context("writer task")? {
+            Ok((m, sent, acked)) => {
+                acks.insert(m, (sent, acked));
+            }
+            Err(kind) => rec.error(kind),
         }
-        counters.writes.fetch_add(1, Ordering::Relaxed);
     }
     let writer_done = Instant::now();
     let last = acks.keys().copied().max().unwrap_or(0);
