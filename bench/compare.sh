@@ -198,6 +198,11 @@ figures = [
     ("errors", lambda r: sum(r["errors"].values())),
 ]
 if watch:
+    # Latency from the acknowledgement hides a slow acknowledgement (an event delivered
+    # before the writer hears back counts as 0): show it from the PUT's sending too.
+    figures.append(("p50 from PUT send (ms)", lambda r: r["from_send_ms"]["p50"]))
+    figures.append(("p99 from PUT send (ms)", lambda r: r["from_send_ms"]["p99"]))
+    figures.append(("deliveries before the ack", lambda r: r["negative_latencies"] / max(r["delivered"], 1)))
     figures.append(("delivered / expected", lambda r: r["delivered"] / max(r["expected"], 1)))
 figures.append(("server CPU (ms per 1k%s)" % (" events" if watch else " requests"), lambda r: r["cpu_ms_per_1k"]))
 figures.append(("peak RSS (MB%s)" % (", largest member" if members != "1" else ""), lambda r: r["rss_mb"]))

@@ -66,9 +66,19 @@ pub struct Store {
     ttl: BTreeSet<(SystemTime, String)>,
     history: EventHistory,
     hub: WatcherHub,
+    /// Watcher notifications held back until [`Store::flush_notifications`], in order;
+    /// `None` = watchers are notified as each change happens.
+    deferred: Option<Vec<Deferred>>,
     stats: Stats,
     /// The root and the namespace directories: no operation may change them.
     readonly: BTreeSet<String>,
+}
+
+/// A held-back notification: an event for its key's watchers, or a path removed with a
+/// deleted directory.
+enum Deferred {
+    Event(Arc<Event>),
+    Removed(Arc<Event>, String),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -161,6 +171,7 @@ impl Store {
             ttl: BTreeSet::new(),
             history: EventHistory::default(),
             hub: WatcherHub::default(),
+            deferred: None,
             stats: Stats::default(),
             readonly: std::iter::once("/".to_string())
                 .chain(namespaces.iter().map(|ns| clean(ns)))
@@ -223,7 +234,10 @@ impl Store {
         let arc = Arc::new(event);
         self.history.add(Arc::clone(&arc), refresh);
         if !refresh {
-            self.hub.notify(&arc);
+            match &mut self.deferred {
+                Some(held) => held.push(Deferred::Event(Arc::clone(&arc))),
+                None => self.hub.notify(&arc),
+            }
         }
         Arc::try_unwrap(arc).unwrap_or_else(|a| (*a).clone())
     }
@@ -248,7 +262,37 @@ impl Store {
         if let Some(t) = node.expire {
             self.ttl.remove(&(t, path.to_string()));
         }
-        self.hub.notify_watchers(event, path, true);
+        match &mut self.deferred {
+            Some(held) => held.push(Deferred::Removed(Arc::clone(event), path.to_string())),
+            None => self.hub.notify_watchers(event, path, true),
+        }
+    }
+
+    /// From now on, changes notify their watchers only when [`Store::flush_notifications`]
+    /// is called. The server applies a batch of writes, answers their writers, then wakes
+    /// the watchers: a write storm's fan-out to thousands of watchers then does not sit
+    /// between the writers and their answers. Nothing is lost or doubled meanwhile: a
+    /// watcher registering in between finds the changes in the history, and a held-back
+    /// event reaches only watchers whose start index it has reached.
+    pub fn defer_notifications(&mut self) {
+        self.deferred.get_or_insert_with(Vec::new);
+    }
+
+    /// Notifies the watchers of every change held back since the last call, in order.
+    pub fn flush_notifications(&mut self) {
+        let Some(held) = self.deferred.as_mut() else {
+            return;
+        };
+        if held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(held);
+        for d in held {
+            match d {
+                Deferred::Event(ev) => self.hub.notify(&ev),
+                Deferred::Removed(ev, path) => self.hub.notify_watchers(&ev, &path, true),
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

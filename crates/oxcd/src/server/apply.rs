@@ -177,13 +177,20 @@ impl Applier for ServerApplier {
                 }
             }
         }
-        // Wake the clients after releasing the store lock so they can read at once.
+        // Answer the writers first, after releasing the store lock so they can read at
+        // once; then wake the batch's watchers. (A write to a key with 10,000 watchers would
+        // otherwise queue its writer's answer behind 10,000 watcher wakeups.)
         shared.wait.trigger_all(
             results
                 .into_iter()
                 .map(|(id, res)| (id, Outcome::Applied(res)))
                 .collect(),
         );
+        shared
+            .store
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush_notifications();
     }
 
     fn apply_conf_change(&mut self, index: u64, cc: &ConfChange) {
@@ -232,6 +239,7 @@ impl Applier for ServerApplier {
                 tracing::info!(index, member = %id_str, "membership: removed member");
             }
         }
+        store.flush_notifications();
     }
 
     fn periodic(&mut self, is_leader: bool, leader_id: u64) -> Vec<Vec<u8>> {
@@ -327,6 +335,7 @@ impl Applier for ServerApplier {
             return Err(format!("cannot restore snapshot at index {index}: {e}"));
         }
         let (members, version) = members_from_store(&store);
+        store.flush_notifications();
         drop(store);
         *self
             .shared

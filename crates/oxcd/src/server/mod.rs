@@ -500,7 +500,12 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         .clone();
     let status = Arc::new(RaftStatus::default());
     let shared = Arc::new(Shared {
-        store: RwLock::new(Store::new(&[STORE_CLUSTER_PREFIX, STORE_KEYS_PREFIX])),
+        store: RwLock::new({
+            let mut store = Store::new(&[STORE_CLUSTER_PREFIX, STORE_KEYS_PREFIX]);
+            // The applier answers a batch's writers before it wakes their watchers.
+            store.defer_notifications();
+            store
+        }),
         wait: Wait::default(),
         members: Arc::new(RwLock::new(BTreeMap::new())),
         cluster_version: RwLock::new(None),
