@@ -186,7 +186,7 @@ pub struct NodeExtern {
     pub key: String,
     /// Value of a key (absent for directories).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
+    pub value: Option<std::sync::Arc<str>>,
     /// Whether the node is a directory.
     #[serde(default, skip_serializing_if = "is_false")]
     pub dir: bool,
@@ -242,8 +242,9 @@ fn de_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Err
 impl NodeExtern {
     /// Removes a store namespace prefix from this node's key and its children's.
     pub fn trim_prefix(&mut self, prefix: &str) {
-        if let Some(rest) = self.key.strip_prefix(prefix) {
-            self.key = rest.to_string();
+        if self.key.starts_with(prefix) {
+            // In place: no new string per node of every response.
+            self.key.drain(..prefix.len());
         }
         if let Some(nodes) = &mut self.nodes {
             for n in nodes {

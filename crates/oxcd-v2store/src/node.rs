@@ -85,7 +85,7 @@ impl Node {
             created_index: self.created_index,
         };
         match &self.children {
-            None => ext.value = Some(self.value.to_string()),
+            None => ext.value = Some(Arc::clone(&self.value)),
             Some(children) if recursive => {
                 ext.nodes = Some(list_children(path, children, true, sorted, now));
             }

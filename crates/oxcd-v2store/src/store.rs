@@ -1,5 +1,6 @@
 //! The store operations, with etcd v2's semantics and error causes.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -106,10 +107,10 @@ impl SavedState {
 }
 
 /// Go's `path.Clean(path.Join("/", p))`.
-fn clean(p: &str) -> String {
+fn clean(p: &str) -> Cow<'_, str> {
     if is_clean(p) {
-        // The common case: one copy, no segment list.
-        return p.to_string();
+        // The common case: no copy.
+        return Cow::Borrowed(p);
     }
     let mut parts: Vec<&str> = Vec::new();
     for seg in p.split('/') {
@@ -121,7 +122,7 @@ fn clean(p: &str) -> String {
             s => parts.push(s),
         }
     }
-    format!("/{}", parts.join("/"))
+    Cow::Owned(format!("/{}", parts.join("/")))
 }
 
 /// Whether `clean` would return `p` unchanged: rooted, no empty, `.` or `..` segment.
@@ -174,7 +175,7 @@ impl Store {
             deferred: None,
             stats: Stats::default(),
             readonly: std::iter::once("/".to_string())
-                .chain(namespaces.iter().map(|ns| clean(ns)))
+                .chain(namespaces.iter().map(|ns| clean(ns).into_owned()))
                 .collect(),
         }
     }
@@ -313,7 +314,7 @@ impl Store {
             path = format!("{path}/{curr:020}");
         }
         let path = clean(&path);
-        if self.readonly.contains(&path) {
+        if self.readonly.contains(&*path) {
             return Err(Error::new(ErrorCode::RootROnly, "/", self.index));
         }
         let expire = expire.filter(|t| *t >= min_expire_time());
@@ -474,7 +475,7 @@ impl Store {
         now: SystemTime,
     ) -> Result<Event> {
         let path = clean(path);
-        if self.readonly.contains(&path) {
+        if self.readonly.contains(&*path) {
             return Err(Error::new(ErrorCode::RootROnly, "/", self.index));
         }
         let node = self.walk(&path)?;
@@ -523,7 +524,7 @@ impl Store {
         now: SystemTime,
     ) -> Result<Event> {
         let path = clean(path);
-        if self.readonly.contains(&path) {
+        if self.readonly.contains(&*path) {
             return Err(Error::new(ErrorCode::RootROnly, "/", self.index));
         }
         let node = self.walk(&path)?;
@@ -594,7 +595,7 @@ impl Store {
         now: SystemTime,
     ) -> Result<Event> {
         let path = clean(path);
-        if self.readonly.contains(&path) {
+        if self.readonly.contains(&*path) {
             return Err(Error::new(ErrorCode::RootROnly, "/", self.index));
         }
         let dir = dir || recursive;
@@ -611,7 +612,7 @@ impl Store {
         let ev = Event {
             action: Action::Delete,
             node: Some(NodeExtern {
-                key: path.clone(),
+                key: path.to_string(),
                 dir: node.is_dir(),
                 modified_index: next,
                 created_index: node.created_index,
@@ -665,7 +666,7 @@ impl Store {
         let ev = Event {
             action: Action::CompareAndDelete,
             node: Some(NodeExtern {
-                key: path.clone(),
+                key: path.to_string(),
                 modified_index: next,
                 created_index: node.created_index,
                 ..Default::default()
@@ -703,7 +704,7 @@ impl Store {
             }
             Ok(None) => {
                 let id = self.hub.add(
-                    key,
+                    key.into_owned(),
                     Watcher {
                         recursive,
                         stream,

@@ -143,6 +143,9 @@ fn unescape(s: &[u8], plus_is_space: bool) -> Result<String, String> {
 
 /// Go's `path.Clean`.
 pub fn path_clean(p: &str) -> String {
+    if is_clean(p) {
+        return p.to_string();
+    }
     if p.is_empty() {
         return ".".to_string();
     }
@@ -171,6 +174,10 @@ pub fn path_clean(p: &str) -> String {
 
 /// The path Go's `ServeMux` routes: cleaned, keeping a trailing slash.
 pub fn clean_path(p: &str) -> String {
+    if is_clean(p) {
+        // Nearly every request: one copy.
+        return p.to_string();
+    }
     if p.is_empty() {
         return "/".to_string();
     }

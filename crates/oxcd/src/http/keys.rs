@@ -361,7 +361,11 @@ pub fn event_response(
         ev.node = None;
         ev.prev_node = None;
     }
-    let mut buf = serde_json::to_vec(&ev).unwrap_or_default();
+    // Sized for a typical event, so the writer does not regrow it a few times per response.
+    let mut buf = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut buf, &ev).is_err() {
+        buf.clear();
+    }
     buf.push(b'\n');
     let mut resp = Response::new(RespBody::full(Bytes::from(buf)));
     if created {

@@ -418,6 +418,7 @@ pub fn members_from_store(
     let version = store
         .get("/0/version", false, false, now)
         .ok()
-        .and_then(|ev| ev.node.and_then(|n| n.value));
+        .and_then(|ev| ev.node.and_then(|n| n.value))
+        .map(|v| v.to_string());
     (members, version)
 }
