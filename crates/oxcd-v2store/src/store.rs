@@ -148,11 +148,11 @@ fn segments(path: &str) -> impl Iterator<Item = (&str, usize)> {
         .filter(|(seg, _)| !seg.is_empty())
 }
 
-fn split(path: &str) -> (String, String) {
+fn split(path: &str) -> (&str, &str) {
     match path.rfind('/') {
-        Some(0) => ("/".to_string(), path[1..].to_string()),
-        Some(i) => (path[..i].to_string(), path[i + 1..].to_string()),
-        None => ("/".to_string(), path.to_string()),
+        Some(0) => ("/", &path[1..]),
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => ("/", path),
     }
 }
 
@@ -309,11 +309,13 @@ impl Store {
         now: SystemTime,
     ) -> Result<Event> {
         let curr = self.index + 1;
-        let mut path = path.to_string();
-        if unique {
-            path = format!("{path}/{curr:020}");
-        }
-        let path = clean(&path);
+        let joined;
+        let path = if unique {
+            joined = format!("{path}/{curr:020}");
+            clean(&joined)
+        } else {
+            clean(path)
+        };
         if self.readonly.contains(&*path) {
             return Err(Error::new(ErrorCode::RootROnly, "/", self.index));
         }
@@ -325,7 +327,7 @@ impl Store {
         let ext;
         {
             let mut node = &mut self.root;
-            for (seg, end) in segments(&dir_path) {
+            for (seg, end) in segments(dir_path) {
                 let children = node
                     .children
                     .as_mut()
@@ -341,7 +343,7 @@ impl Store {
                 node = child;
             }
             let children = node.children.as_mut().expect("parent is a directory");
-            if let Some(existing) = children.get(&name) {
+            if let Some(existing) = children.get(name) {
                 if !replace {
                     return Err(Error::new(ErrorCode::NodeExist, path, index));
                 }
@@ -357,7 +359,13 @@ impl Store {
             };
             // A new node has no children: its view is the same before and after insertion.
             ext = new.repr(&path, false, false, now);
-            children.insert(name, new);
+            match children.get_mut(name) {
+                // Replacing a key keeps its entry (and the key's string).
+                Some(slot) => *slot = new,
+                None => {
+                    children.insert(name.to_string(), new);
+                }
+            }
         }
         let prev_expire = prev.as_ref().and_then(|(_, e)| *e);
         self.set_ttl(&path, prev_expire, expire);
@@ -571,7 +579,7 @@ impl Store {
     /// Removes a node from the tree and returns it.
     fn detach(&mut self, path: &str) -> Option<Node> {
         let (dir, name) = split(path);
-        self.walk_mut(&dir)?.children.as_mut()?.remove(&name)
+        self.walk_mut(dir)?.children.as_mut()?.remove(name)
     }
 
     /// Deletes a key, or a directory with `dir` (empty) or `recursive`.

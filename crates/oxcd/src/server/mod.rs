@@ -179,16 +179,20 @@ impl EtcdServer {
     ) -> Result<Option<ApplyResult>, ServerError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         // Removes the registration if this future is dropped (client went away) or times out.
-        let _guard = WaitGuard {
+        let mut guard = WaitGuard {
             wait: &self.shared.wait,
             id,
+            armed: true,
         };
         loop {
             let rx = self.shared.wait.register(id);
             if !self.raft.send(input()) {
                 return Err(ServerError::Stopped);
             }
-            match tokio::time::timeout_at(deadline, rx).await {
+            let outcome = tokio::time::timeout_at(deadline, rx).await;
+            // Every outcome was delivered by taking the registration out of the registry.
+            guard.armed = !matches!(outcome, Ok(Ok(_)));
+            match outcome {
                 Ok(Ok(Outcome::Dropped)) => {
                     let pause = tokio::time::Instant::now() + PROPOSE_RETRY;
                     tokio::time::sleep_until(pause.min(deadline)).await;
@@ -252,11 +256,15 @@ impl EtcdServer {
 struct WaitGuard<'a> {
     wait: &'a Wait<Outcome>,
     id: u64,
+    /// Still registered: an outcome received means the registry already let go of it.
+    armed: bool,
 }
 
 impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
-        self.wait.cancel(self.id);
+        if self.armed {
+            self.wait.cancel(self.id);
+        }
     }
 }
 
