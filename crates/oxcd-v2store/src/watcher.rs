@@ -96,17 +96,22 @@ impl WatcherHub {
 
     /// Offers `event` to watchers of its key and of every parent directory.
     pub fn notify(&mut self, event: &Arc<Event>) {
-        let key = event
-            .node
-            .as_ref()
-            .map(|n| n.key.clone())
-            .unwrap_or_default();
+        if self.by_path.is_empty() {
+            // Nobody watches anything: the common case for a write.
+            return;
+        }
+        let key = event.node.as_ref().map(|n| n.key.as_str()).unwrap_or("");
         self.notify_watchers(event, "/", false);
-        let mut curr = String::new();
-        for seg in key.split('/').filter(|s| !s.is_empty()) {
-            curr.push('/');
-            curr.push_str(seg);
-            self.notify_watchers(event, &curr, false);
+        // The watched paths are the key's prefixes that end a segment: slices of the key
+        // (store keys are clean: rooted, single slashes).
+        let ends = key
+            .char_indices()
+            .skip(1)
+            .filter(|&(_, c)| c == '/')
+            .map(|(i, _)| i)
+            .chain((key.len() > 1).then_some(key.len()));
+        for end in ends {
+            self.notify_watchers(event, &key[..end], false);
         }
     }
 }
