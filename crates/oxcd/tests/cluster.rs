@@ -176,6 +176,47 @@ fn any_member_serves_writes_reads_and_cluster_endpoints() {
         "{r:?}"
     );
 
+    // The message stream: refused to another cluster; a garbled frame ends the stream.
+    let peer = c.peer_urls[follower]
+        .trim_start_matches("http://")
+        .to_string();
+    let open_stream = |cluster: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&peer).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            s,
+            "POST /raft/stream HTTP/1.1\r\nHost: {peer}\r\nConnection: Upgrade\r\n\
+             Upgrade: oxcd-raft-stream/1\r\nX-Etcd-Cluster-ID: {cluster}\r\n\
+             X-Server-From: 1\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
+            head.push(byte[0]);
+        }
+        (s, String::from_utf8_lossy(&head).to_string())
+    };
+    let (_, head) = open_stream("deadbeef");
+    assert!(head.starts_with("HTTP/1.1 412"), "{head}");
+    let (mut s, head) = open_stream(&cluster_ids[0]);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    {
+        use std::io::{Read, Write};
+        s.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).unwrap();
+        let mut rest = Vec::new();
+        let closed = s.read_to_end(&mut rest);
+        assert!(
+            matches!(closed, Ok(0)),
+            "the member closes a garbled stream: {closed:?}"
+        );
+    }
+    assert!(c.members[follower]
+        .log()
+        .contains("undecodable raft message, closing the stream"));
+
     // Debian's etcdctl with all three endpoints, then with one member down (listed first).
     let eps = c.endpoints();
     let (ok, out) = etcdctl(&eps, &["set", "/ctl/a", "1"]);

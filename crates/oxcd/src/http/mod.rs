@@ -80,7 +80,12 @@ pub async fn serve(listener: TcpListener, server: Arc<EtcdServer>, api: Api) {
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.title_case_headers(true);
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+            // Upgrades: a peer's message stream (`/raft/stream`) takes over its connection.
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await
+            {
                 tracing::debug!(error = %e, %remote, "http: connection ended with error");
             }
         });
@@ -206,8 +211,9 @@ async fn route(server: &Arc<EtcdServer>, req: Request<Incoming>) -> Response<Res
     }
 }
 
-async fn route_peer(server: &EtcdServer, req: Request<Incoming>) -> Response<RespBody> {
+async fn route_peer(server: &Arc<EtcdServer>, req: Request<Incoming>) -> Response<RespBody> {
     match req.uri().path() {
+        crate::transport::PATH_STREAM => peer::stream(server, req),
         crate::transport::PATH_RAFT => peer::raft(server, req, false).await,
         crate::transport::PATH_SNAPSHOT => peer::raft(server, req, true).await,
         "/version" => base::version(server, req.method()),

@@ -1,24 +1,30 @@
-//! The receiving side of the peer transport: `POST /raft` (message batches) and
-//! `POST /raft/snapshot` on the peer listeners.
+//! The receiving side of the peer transport: `/raft/stream` (a member's message stream),
+//! `POST /raft` (message batches) and `POST /raft/snapshot` on the peer listeners.
 //!
 //! Every request must name our cluster in `X-Etcd-Cluster-ID`; a member of another cluster
 //! is refused with 412 and one log line (rate-limited: a misconfigured peer retries every
-//! 100 ms). The body is decoded in full before any message is stepped, so a garbled request
-//! changes nothing. Messages addressed to another member are dropped.
+//! 100 ms). A POSTed body is decoded in full before any message is stepped, so a garbled
+//! request changes nothing; on a stream each frame is stepped once it is whole, and a
+//! garbled frame ends the stream (the sender reconnects). Messages addressed to another
+//! member are dropped; snapshots are only taken on `/raft/snapshot`, where they are checked.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::{Method, Request, Response, StatusCode};
+use bytes::{Buf, BytesMut};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use raft::prelude::MessageType;
+use hyper_util::rt::TokioIo;
+use raft::prelude::{Message, MessageType};
+use tokio::io::AsyncReadExt;
 
 use super::body::RespBody;
 use super::{method_not_allowed, text_error};
 use crate::membership::id_to_string;
 use crate::server::EtcdServer;
-use crate::transport::{codec, HEADER_CLUSTER_ID, HEADER_FROM};
+use crate::transport::{codec, HEADER_CLUSTER_ID, HEADER_FROM, STREAM_PROTOCOL};
 
 /// Largest message batch accepted on `/raft` (senders close batches at 8 MiB).
 const MAX_STREAM_BODY: usize = 64 * 1024 * 1024;
@@ -36,16 +42,10 @@ fn rate_limited(last: &AtomicU64) -> bool {
             .is_ok()
 }
 
-/// Handles `POST /raft` and (with `snapshot`) `POST /raft/snapshot`.
-pub async fn raft(
-    server: &EtcdServer,
-    req: Request<Incoming>,
-    snapshot: bool,
-) -> Response<RespBody> {
+/// The sending member's ID (as it names itself) if the request is from our cluster; `None`
+/// (logged, rate-limited) if it is from another one.
+fn check_cluster(server: &EtcdServer, req: &Request<Incoming>) -> Option<String> {
     static MISMATCH_LOGGED: AtomicU64 = AtomicU64::new(0);
-    if req.method() != Method::POST {
-        return method_not_allowed("POST");
-    }
     let ours = id_to_string(server.shared.cluster_id);
     let header = |name: &str| {
         req.headers()
@@ -65,8 +65,108 @@ pub async fn raft(
                 "transport: rejected peer traffic from another cluster"
             );
         }
-        return text_error(StatusCode::PRECONDITION_FAILED, "cluster ID mismatch");
+        return None;
     }
+    Some(from)
+}
+
+/// Handles `/raft/stream`: once the cluster is checked, the connection is upgraded and the
+/// sending member writes frames on it until either side closes it.
+pub fn stream(server: &Arc<EtcdServer>, req: Request<Incoming>) -> Response<RespBody> {
+    if req.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let Some(from) = check_cluster(server, &req) else {
+        return text_error(StatusCode::PRECONDITION_FAILED, "cluster ID mismatch");
+    };
+    let wants_stream = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(STREAM_PROTOCOL));
+    if !wants_stream {
+        return text_error(
+            StatusCode::BAD_REQUEST,
+            &format!("the message stream needs Upgrade: {STREAM_PROTOCOL}"),
+        );
+    }
+    let server = Arc::clone(server);
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => read_stream(&server, TokioIo::new(upgraded), &from).await,
+            Err(e) => tracing::debug!(%from, error = %e, "transport: stream upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(RespBody::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    resp.headers_mut().insert(
+        http::header::UPGRADE,
+        HeaderValue::from_static(STREAM_PROTOCOL),
+    );
+    resp
+}
+
+/// Reads a member's message stream: steps every whole frame as soon as it is in, until the
+/// sender closes the stream, a frame is garbled or the server stops.
+async fn read_stream(server: &EtcdServer, mut io: TokioIo<hyper::upgrade::Upgraded>, from: &str) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        loop {
+            match codec::decode_frame(&buf, MAX_STREAM_BODY) {
+                Ok(Some((msg, used))) => {
+                    buf.advance(used);
+                    if !step_message(server, msg, from, false) {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(%from, error = %e, "transport: undecodable raft message, closing the stream");
+                    return;
+                }
+            }
+        }
+        match io.read_buf(&mut buf).await {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(%from, error = %e, "transport: stream read failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Hands one received message to raft unless it is not ours to take. False once the server
+/// has stopped.
+fn step_message(server: &EtcdServer, m: Message, from: &str, snapshots: bool) -> bool {
+    if m.to != server.shared.member_id {
+        tracing::debug!(to = %id_to_string(m.to), %from, "transport: message for another member dropped");
+        return true;
+    }
+    if m.get_msg_type() == MessageType::MsgSnapshot && !snapshots {
+        tracing::warn!(%from, "transport: snapshot outside /raft/snapshot dropped");
+        return true;
+    }
+    server.step(m)
+}
+
+/// Handles `POST /raft` and (with `snapshot`) `POST /raft/snapshot`.
+pub async fn raft(
+    server: &EtcdServer,
+    req: Request<Incoming>,
+    snapshot: bool,
+) -> Response<RespBody> {
+    if req.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let Some(from) = check_cluster(server, &req) else {
+        return text_error(StatusCode::PRECONDITION_FAILED, "cluster ID mismatch");
+    };
     let limit = if snapshot {
         usize::MAX
     } else {
@@ -86,13 +186,8 @@ pub async fn raft(
             return text_error(StatusCode::BAD_REQUEST, "error unmarshalling raft message");
         }
     };
-    let me = server.shared.member_id;
     for m in msgs {
-        if m.to != me {
-            tracing::debug!(to = %id_to_string(m.to), %from, "transport: message for another member dropped");
-            continue;
-        }
-        if m.get_msg_type() == MessageType::MsgSnapshot {
+        if m.get_msg_type() == MessageType::MsgSnapshot && m.to == server.shared.member_id {
             let data = &m.get_snapshot().data;
             // Check the state before raft commits to it: a snapshot we cannot read must be
             // refused here, not discovered half-applied.
@@ -107,7 +202,7 @@ pub async fn raft(
                 "transport: received snapshot"
             );
         }
-        if !server.step(m) {
+        if !step_message(server, m, &from, snapshot) {
             return text_error(StatusCode::SERVICE_UNAVAILABLE, "server stopped");
         }
     }

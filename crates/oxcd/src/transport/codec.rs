@@ -1,8 +1,9 @@
 //! Wire encoding of raft message batches between members.
 //!
-//! A batch is a sequence of frames `[length u32 big-endian][raft Message, protobuf]`. The
-//! decoder checks every length against what is left, so a truncated or garbled body is an
-//! error, never a panic or a partial batch.
+//! A batch is a sequence of frames `[length u32 big-endian][raft Message, protobuf]`; a
+//! message stream (`/raft/stream`) carries the same frames back to back. The decoder checks
+//! every length against what is left, so a truncated or garbled body is an error, never a
+//! panic or a partial batch.
 
 // raft-rs's protobuf messages carry private bookkeeping fields, so tests build them field
 // by field after `default()`.
@@ -24,6 +25,9 @@ pub enum CodecError {
     /// A frame does not decode as a raft message.
     #[error("undecodable message at byte {0}")]
     BadMessage(usize),
+    /// A frame is longer than the reader accepts.
+    #[error("frame of {0} bytes is too large")]
+    TooLarge(usize),
 }
 
 /// Appends one message as a frame to `out`.
@@ -44,23 +48,39 @@ pub fn encode(msgs: &[Message]) -> Vec<u8> {
     out
 }
 
+/// Decodes the frame at the start of `buf`: the message and the frame's length, or `None`
+/// while the frame is incomplete (a stream reader waits for more bytes). `max` bounds the
+/// frame length a reader is willing to buffer.
+pub fn decode_frame(buf: &[u8], max: usize) -> Result<Option<(Message, usize)>, CodecError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max {
+        return Err(CodecError::TooLarge(len));
+    }
+    if buf.len() - 4 < len {
+        return Ok(None);
+    }
+    let msg = Message::parse_from_bytes(&buf[4..4 + len]).map_err(|_| CodecError::BadMessage(0))?;
+    Ok(Some((msg, 4 + len)))
+}
+
 /// Decodes a batch.
 pub fn decode(mut body: &[u8]) -> Result<Vec<Message>, CodecError> {
     let total = body.len();
     let mut out = Vec::new();
     while !body.is_empty() {
         let at = total - body.len();
-        if body.len() < 4 {
-            return Err(CodecError::Truncated(at));
+        match decode_frame(body, MAX_FRAME) {
+            Ok(Some((msg, used))) => {
+                out.push(msg);
+                body = &body[used..];
+            }
+            Ok(None) => return Err(CodecError::Truncated(at)),
+            Err(CodecError::BadMessage(_)) => return Err(CodecError::BadMessage(at)),
+            Err(e) => return Err(e),
         }
-        let len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
-        if body.len() - 4 < len {
-            return Err(CodecError::Truncated(at));
-        }
-        let msg =
-            Message::parse_from_bytes(&body[4..4 + len]).map_err(|_| CodecError::BadMessage(at))?;
-        out.push(msg);
-        body = &body[4 + len..];
     }
     Ok(out)
 }
@@ -108,6 +128,26 @@ mod tests {
                 assert!(r.is_err(), "cut at {cut} must fail");
             }
         }
+    }
+
+    #[test]
+    fn frames_decode_one_at_a_time_as_bytes_arrive() {
+        let batch = vec![msg(1, 2), msg(2, 0)];
+        let body = encode(&batch);
+        let first_len = 4 + u32::from_be_bytes(body[0..4].try_into().unwrap()) as usize;
+        for cut in 0..first_len {
+            assert_eq!(decode_frame(&body[..cut], MAX_FRAME).unwrap(), None);
+        }
+        let (m, used) = decode_frame(&body, MAX_FRAME).unwrap().unwrap();
+        assert_eq!((m, used), (batch[0].clone(), first_len));
+        let (m, used) = decode_frame(&body[first_len..], MAX_FRAME)
+            .unwrap()
+            .unwrap();
+        assert_eq!((m, first_len + used), (batch[1].clone(), body.len()));
+        assert_eq!(
+            decode_frame(&body, 3),
+            Err(CodecError::TooLarge(first_len - 4))
+        );
     }
 
     #[test]

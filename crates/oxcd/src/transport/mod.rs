@@ -10,8 +10,12 @@
 //! - [`PeerTransport::send`] never blocks the raft thread: messages go into a bounded queue
 //!   per peer; a full queue drops the message and reports the peer unreachable, and raft
 //!   sends again (etcd drops under overload the same way);
-//! - every message for a member travels in order on one connection (one request in flight
-//!   per peer), so raft sees per-peer FIFO delivery when the network allows it;
+//! - every message for a member travels in order on one connection, so raft sees per-peer
+//!   FIFO delivery when the network allows it. That connection is a message stream: an
+//!   HTTP/1.1 upgrade on `/raft/stream` after which the sender writes frames as messages come
+//!   and the receiver steps them as they arrive, with no request or answer per batch (etcd's
+//!   stream does the same). A member that does not offer the stream gets batches POSTed to
+//!   `/raft`, one request in flight;
 //! - snapshots travel on their own request so a large one never delays heartbeats, and
 //!   raft always learns whether it arrived ([`RaftInput::SnapshotStatus`]).
 
@@ -32,14 +36,19 @@ use crate::raft::{RaftHandle, RaftInput};
 pub const HEADER_CLUSTER_ID: &str = "X-Etcd-Cluster-ID";
 /// HTTP header carrying the sending member's ID (hex).
 pub const HEADER_FROM: &str = "X-Server-From";
-/// Path of the message stream (batches of raft messages).
+/// Path message batches are posted to (one request per batch).
 pub const PATH_RAFT: &str = "/raft";
+/// Path of the message stream: upgraded to [`STREAM_PROTOCOL`], then frames one way.
+pub const PATH_STREAM: &str = "/raft/stream";
+/// The `Upgrade` protocol name of the message stream.
+pub const STREAM_PROTOCOL: &str = "oxcd-raft-stream/1";
 /// Path a snapshot message is posted to.
 pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
 /// Messages queued per peer before new ones are dropped.
 const QUEUE: usize = 4096;
 
-/// Round-trip latency and delivery counts of one follower, as `/v2/stats/leader` shows them.
+/// Delivery latency and counts of one follower, as `/v2/stats/leader` shows them: per
+/// batch, the time to write it to the follower's stream (or a POST's round trip).
 #[derive(Debug, Default, Clone)]
 pub struct FollowerStats {
     /// Batches delivered.
