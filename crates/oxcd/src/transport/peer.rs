@@ -359,6 +359,8 @@ pub async fn run_snapshots(link: Link, mut rx: Receiver<Message>) {
 }
 
 #[cfg(test)]
+// raft-rs's messages carry private fields: built field by field after `default()`.
+#[allow(clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
     use crate::raft::RaftHandle;
