@@ -31,7 +31,7 @@ mod record;
 mod snap;
 mod wal;
 
-pub use record::{Entry, HardState, SnapshotMarker};
+pub use record::{Entry, EntryRef, HardState, SnapshotMarker};
 pub use snap::{Snapshot, Snapshotter};
 pub use wal::{dump, Wal, WalContents, DEFAULT_SEGMENT_SIZE};
 

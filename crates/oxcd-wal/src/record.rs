@@ -53,15 +53,41 @@ impl Reader<'_> {
     }
 }
 
-impl Entry {
+/// An entry to write, borrowing its payload (the caller's copy is written from directly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    pub term: u64,
+    pub index: u64,
+    pub entry_type: i32,
+    pub data: &'a [u8],
+    pub context: &'a [u8],
+}
+
+impl EntryRef<'_> {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.term.to_le_bytes());
         out.extend_from_slice(&self.index.to_le_bytes());
         out.extend_from_slice(&(self.entry_type as u32).to_le_bytes());
         out.extend_from_slice(&(self.data.len() as u32).to_le_bytes());
-        out.extend_from_slice(&self.data);
+        out.extend_from_slice(self.data);
         out.extend_from_slice(&(self.context.len() as u32).to_le_bytes());
-        out.extend_from_slice(&self.context);
+        out.extend_from_slice(self.context);
+    }
+}
+
+impl Entry {
+    /// The entry as an [`EntryRef`].
+    pub fn as_ref(&self) -> EntryRef<'_> {
+        EntryRef {
+            term: self.term,
+            index: self.index,
+            entry_type: self.entry_type,
+            data: &self.data,
+            context: &self.context,
+        }
+    }
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        self.as_ref().encode_into(out);
     }
     pub fn decode(b: &[u8]) -> Option<Entry> {
         let mut r = Reader(b);

@@ -18,7 +18,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::record::{self, Entry, HardState, SnapshotMarker};
+use crate::record::{self, Entry, EntryRef, HardState, SnapshotMarker};
 use crate::{io_err, Error, Result};
 
 /// Cut to a new file once the current one passes this size (etcd: 64 MB).
@@ -434,6 +434,16 @@ impl Wal {
     /// Appends one Ready's entries and hard state: one write, and one fdatasync unless only
     /// the commit index changed.
     pub fn save(&mut self, hard_state: Option<&HardState>, entries: &[Entry]) -> Result<()> {
+        let refs: Vec<EntryRef<'_>> = entries.iter().map(Entry::as_ref).collect();
+        self.save_refs(hard_state, &refs)
+    }
+
+    /// [`Wal::save`] with borrowed entries: their payloads are encoded from where they are.
+    pub fn save_refs(
+        &mut self,
+        hard_state: Option<&HardState>,
+        entries: &[EntryRef<'_>],
+    ) -> Result<()> {
         if hard_state.is_none() && entries.is_empty() {
             return Ok(());
         }

@@ -296,9 +296,18 @@ impl RaftStorage {
                 vote: h.vote,
                 commit: h.commit,
             });
-            let ents: Vec<oxcd_wal::Entry> = entries.iter().map(to_wal_entry).collect();
+            let ents: Vec<oxcd_wal::EntryRef<'_>> = entries
+                .iter()
+                .map(|e| oxcd_wal::EntryRef {
+                    term: e.term,
+                    index: e.index,
+                    entry_type: e.get_entry_type() as i32,
+                    data: &e.data,
+                    context: &e.context,
+                })
+                .collect();
             let started = std::time::Instant::now();
-            wal.save(hs.as_ref(), &ents)
+            wal.save_refs(hs.as_ref(), &ents)
                 .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
             let took = started.elapsed();
             if let Some(sync) = wal.take_sync_time() {

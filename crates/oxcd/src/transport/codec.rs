@@ -32,11 +32,13 @@ pub enum CodecError {
 
 /// Appends one message as a frame to `out`.
 pub fn encode_into(msg: &Message, out: &mut Vec<u8>) {
-    let bytes = msg
-        .write_to_bytes()
+    // Encoded in place after a length placeholder: no temporary buffer, no second copy.
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    msg.write_to_vec(out)
         .expect("encoding a raft message to memory cannot fail");
-    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(&bytes);
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 /// Encodes a batch.
