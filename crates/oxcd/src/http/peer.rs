@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -116,9 +116,8 @@ async fn read_stream(server: &EtcdServer, mut io: TokioIo<hyper::upgrade::Upgrad
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         loop {
-            match codec::decode_frame(&buf, MAX_STREAM_BODY) {
-                Ok(Some((msg, used))) => {
-                    buf.advance(used);
+            match codec::take_frame(&mut buf, MAX_STREAM_BODY) {
+                Ok(Some(msg)) => {
                     if !step_message(server, msg, from, false) {
                         return;
                     }

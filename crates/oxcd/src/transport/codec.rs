@@ -9,6 +9,7 @@
 // by field after `default()`.
 #![allow(clippy::field_reassign_with_default)]
 
+use bytes::BytesMut;
 use protobuf::Message as _;
 use raft::prelude::Message;
 
@@ -66,6 +67,26 @@ pub fn decode_frame(buf: &[u8], max: usize) -> Result<Option<(Message, usize)>, 
     }
     let msg = Message::parse_from_bytes(&buf[4..4 + len]).map_err(|_| CodecError::BadMessage(0))?;
     Ok(Some((msg, 4 + len)))
+}
+
+/// Takes the frame at the start of `buf` off it and decodes it, or `None` while the frame is
+/// incomplete. The message's payloads (entry data) share the frame's memory instead of
+/// being copied out of it.
+pub fn take_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Message>, CodecError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max {
+        return Err(CodecError::TooLarge(len));
+    }
+    if buf.len() - 4 < len {
+        return Ok(None);
+    }
+    let frame = buf.split_to(4 + len).freeze().slice(4..);
+    Message::parse_from_carllerche_bytes(&frame)
+        .map(Some)
+        .map_err(|_| CodecError::BadMessage(0))
 }
 
 /// Decodes a batch.
@@ -150,6 +171,28 @@ mod tests {
             decode_frame(&body, 3),
             Err(CodecError::TooLarge(first_len - 4))
         );
+    }
+
+    #[test]
+    fn frames_are_taken_off_a_stream_buffer_as_they_complete() {
+        let batch = vec![msg(1, 3), msg(2, 0)];
+        let body = encode(&batch);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        // Bytes arrive one at a time; every whole frame is taken as soon as it is in.
+        for b in &body {
+            buf.extend_from_slice(&[*b]);
+            while let Some(m) = take_frame(&mut buf, MAX_FRAME).unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, batch);
+        assert!(buf.is_empty());
+        let first = u32::from_be_bytes(body[0..4].try_into().unwrap()) as usize;
+        let mut big = BytesMut::from(&body[..]);
+        assert_eq!(take_frame(&mut big, 3), Err(CodecError::TooLarge(first)));
+        let mut garbage = BytesMut::from(&[0u8, 0, 0, 2, 0xff, 0xff][..]);
+        assert!(take_frame(&mut garbage, MAX_FRAME).is_err());
     }
 
     #[test]
