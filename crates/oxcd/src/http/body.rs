@@ -5,6 +5,7 @@
 //! accumulate.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -12,7 +13,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use oxcd_api::v2::Event;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::server::{Shared, STORE_KEYS_PREFIX};
 
@@ -41,13 +42,31 @@ pub struct WatchBody {
     /// An event to send before reading the channel (found in the history).
     pub first: Option<Arc<Event>>,
     /// Events pushed by the store's watcher hub.
-    pub rx: Option<mpsc::Receiver<Arc<Event>>>,
+    pub rx: Option<EventRx>,
     /// `stream=true`: keep going after the first event.
     pub stream: bool,
     /// Registration to remove on drop.
     pub watcher: Option<(Arc<Shared>, oxcd_v2store::WatcherId)>,
     /// Finished (non-stream watch delivered its event).
     pub done: bool,
+}
+
+/// Where a registered watcher's events arrive.
+pub enum EventRx {
+    /// `stream=true`: every event, in order.
+    Stream(mpsc::Receiver<Arc<Event>>),
+    /// A one-event watch (the usual long poll): a oneshot is one small allocation where a
+    /// bounded channel is an aligned block of slots per request.
+    Once(oneshot::Receiver<Arc<Event>>),
+}
+
+impl EventRx {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Event>>> {
+        match self {
+            EventRx::Stream(rx) => rx.poll_recv(cx),
+            EventRx::Once(rx) => Pin::new(rx).poll(cx).map(Result::ok),
+        }
+    }
 }
 
 /// Encoded events kept per worker thread, by index modulo this.
@@ -158,5 +177,15 @@ pub struct ChannelSink(pub mpsc::Sender<Arc<Event>>);
 impl oxcd_v2store::WatchSink for ChannelSink {
     fn try_send(&self, event: Arc<Event>) -> bool {
         self.0.try_send(event).is_ok()
+    }
+}
+
+/// The sink of a one-event watch: the hub delivers once and drops the watcher.
+pub struct OnceSink(pub std::sync::Mutex<Option<oneshot::Sender<Arc<Event>>>>);
+
+impl oxcd_v2store::WatchSink for OnceSink {
+    fn try_send(&self, event: Arc<Event>) -> bool {
+        let sender = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        sender.is_some_and(|tx| tx.send(event).is_ok())
     }
 }

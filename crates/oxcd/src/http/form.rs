@@ -11,43 +11,36 @@
 //! Values are bytes in Go; here they are UTF-8 strings with invalid sequences replaced by
 //! U+FFFD, which is exactly what Go's JSON encoder prints for such values.
 
-use std::collections::HashMap;
-
-/// Parsed form values: key → values in order of appearance.
+/// Parsed form values: (key, value) pairs in order of appearance. A request has a handful
+/// of them, so a list scanned in order is cheaper than a map (no hashing, one allocation).
 #[derive(Debug, Default, Clone)]
 pub struct Form {
-    values: HashMap<String, Vec<String>>,
+    pairs: Vec<(String, String)>,
 }
 
 impl Form {
     /// First value of `key`, or "" (Go's `FormValue`).
     pub fn value(&self, key: &str) -> &str {
-        self.values
-            .get(key)
-            .and_then(|v| v.first())
-            .map(String::as_str)
-            .unwrap_or("")
+        self.first(key).unwrap_or("")
     }
 
     /// First value of `key` if the key is present.
     pub fn first(&self, key: &str) -> Option<&str> {
-        self.values
-            .get(key)
-            .and_then(|v| v.first())
-            .map(String::as_str)
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Whether `key` is present (even with an empty value).
     pub fn has(&self, key: &str) -> bool {
-        self.values.contains_key(key)
+        self.pairs.iter().any(|(k, _)| k == key)
     }
 
     /// Appends all pairs of `other` after this form's values (Go puts body values before
     /// query values in `r.Form`).
     pub fn extend(&mut self, other: Form) {
-        for (k, mut vs) in other.values {
-            self.values.entry(k).or_default().append(&mut vs);
-        }
+        self.pairs.extend(other.pairs);
     }
 }
 
@@ -81,7 +74,7 @@ pub fn parse_query(query: &[u8]) -> (Form, Option<String>) {
                 continue;
             }
         };
-        form.values.entry(key).or_default().push(value);
+        form.pairs.push((key, value));
     }
     (form, first_err)
 }
@@ -106,6 +99,10 @@ pub fn path_unescape(s: &[u8]) -> Result<String, String> {
 }
 
 fn unescape(s: &[u8], plus_is_space: bool) -> Result<String, String> {
+    if !s.iter().any(|&b| b == b'%' || (plus_is_space && b == b'+')) {
+        // Nothing to decode (the usual case): one copy, no scan-and-push.
+        return Ok(String::from_utf8_lossy(s).into_owned());
+    }
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {

@@ -15,7 +15,7 @@ use http::{HeaderValue, Method, Response, StatusCode};
 use oxcd_api::v2::{Action, Error as V2Error, ErrorCode, Event};
 use tokio::sync::mpsc;
 
-use super::body::{ChannelSink, RespBody, WatchBody};
+use super::body::{ChannelSink, EventRx, OnceSink, RespBody, WatchBody};
 use super::form::{parse_bool, parse_u64, path_join, Form};
 use super::names;
 use crate::server::request::{time_to_unix_nanos, Expiry, V2Request};
@@ -406,20 +406,23 @@ pub async fn serve_keys(server: &Arc<EtcdServer>, req: KeyRequest) -> Response<R
 }
 
 fn serve_watch(server: &Arc<EtcdServer>, req: &KeyRequest) -> Response<RespBody> {
-    let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+    let (sink, rx): (Box<dyn oxcd_v2store::WatchSink>, _) = if req.stream {
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        (Box::new(ChannelSink(tx)), EventRx::Stream(rx))
+    } else {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            Box::new(OnceSink(std::sync::Mutex::new(Some(tx)))),
+            EventRx::Once(rx),
+        )
+    };
     let outcome = {
         let mut store = server
             .shared
             .store
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        store.watch(
-            &req.path,
-            req.recursive,
-            req.stream,
-            req.since,
-            Box::new(ChannelSink(tx)),
-        )
+        store.watch(&req.path, req.recursive, req.stream, req.since, sink)
     };
     let (body, start_index) = match outcome {
         Err(mut e) => {
