@@ -92,6 +92,17 @@ pub fn to_wal_entry(e: &Entry) -> oxcd_wal::Entry {
     }
 }
 
+/// A raft entry as the WAL writes it, borrowing its payload.
+pub fn wal_entry_ref(e: &Entry) -> oxcd_wal::EntryRef<'_> {
+    oxcd_wal::EntryRef {
+        term: e.term,
+        index: e.index,
+        entry_type: e.get_entry_type() as i32,
+        data: &e.data,
+        context: &e.context,
+    }
+}
+
 /// Converts a WAL entry back to a raft entry.
 pub fn from_wal_entry(e: oxcd_wal::Entry) -> Entry {
     let mut out = Entry::default();
@@ -296,16 +307,7 @@ impl RaftStorage {
                 vote: h.vote,
                 commit: h.commit,
             });
-            let ents: Vec<oxcd_wal::EntryRef<'_>> = entries
-                .iter()
-                .map(|e| oxcd_wal::EntryRef {
-                    term: e.term,
-                    index: e.index,
-                    entry_type: e.get_entry_type() as i32,
-                    data: &e.data,
-                    context: &e.context,
-                })
-                .collect();
+            let ents: Vec<oxcd_wal::EntryRef<'_>> = entries.iter().map(wal_entry_ref).collect();
             let started = std::time::Instant::now();
             wal.save_refs(hs.as_ref(), &ents)
                 .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;

@@ -51,39 +51,37 @@ pub fn encode(msgs: &[Message]) -> Vec<u8> {
     out
 }
 
-/// Decodes the frame at the start of `buf`: the message and the frame's length, or `None`
-/// while the frame is incomplete (a stream reader waits for more bytes). `max` bounds the
-/// frame length a reader is willing to buffer.
-pub fn decode_frame(buf: &[u8], max: usize) -> Result<Option<(Message, usize)>, CodecError> {
-    if buf.len() < 4 {
+/// The length of the whole frame at the start of `buf`, or `None` while it is incomplete.
+/// `max` bounds the frame length a reader is willing to buffer.
+fn whole_frame(buf: &[u8], max: usize) -> Result<Option<usize>, CodecError> {
+    let Some(header) = buf.get(..4) else {
         return Ok(None);
-    }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    };
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
     if len > max {
         return Err(CodecError::TooLarge(len));
     }
-    if buf.len() - 4 < len {
+    Ok((buf.len() - 4 >= len).then_some(4 + len))
+}
+
+/// Decodes the frame at the start of `buf`: the message and the frame's length, or `None`
+/// while the frame is incomplete (a stream reader waits for more bytes).
+pub fn decode_frame(buf: &[u8], max: usize) -> Result<Option<(Message, usize)>, CodecError> {
+    let Some(used) = whole_frame(buf, max)? else {
         return Ok(None);
-    }
-    let msg = Message::parse_from_bytes(&buf[4..4 + len]).map_err(|_| CodecError::BadMessage(0))?;
-    Ok(Some((msg, 4 + len)))
+    };
+    let msg = Message::parse_from_bytes(&buf[4..used]).map_err(|_| CodecError::BadMessage(0))?;
+    Ok(Some((msg, used)))
 }
 
 /// Takes the frame at the start of `buf` off it and decodes it, or `None` while the frame is
 /// incomplete. The message's payloads (entry data) share the frame's memory instead of
 /// being copied out of it.
 pub fn take_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Message>, CodecError> {
-    if buf.len() < 4 {
+    let Some(used) = whole_frame(buf, max)? else {
         return Ok(None);
-    }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if len > max {
-        return Err(CodecError::TooLarge(len));
-    }
-    if buf.len() - 4 < len {
-        return Ok(None);
-    }
-    let frame = buf.split_to(4 + len).freeze().slice(4..);
+    };
+    let frame = buf.split_to(used).freeze().slice(4..);
     Message::parse_from_carllerche_bytes(&frame)
         .map(Some)
         .map_err(|_| CodecError::BadMessage(0))

@@ -107,37 +107,40 @@ enum Channel {
     Post(Conn),
 }
 
-/// Connects to the member and asks for the message stream; falls back to POSTs when the
-/// member does not know `/raft/stream`.
-async fn open_channel(link: &Link, authority: &str) -> Result<Channel, SendError> {
-    let mut conn = connect(authority).await?;
+/// A request to the member's peer URL with the headers every peer request carries.
+fn peer_request(link: &Link, authority: &str, path: &str) -> http::request::Builder {
+    Request::post(path)
+        .header(http::header::HOST, authority)
+        .header(HEADER_CLUSTER_ID, id_to_string(link.local.cluster_id))
+        .header(HEADER_FROM, id_to_string(link.local.member_id))
+}
+
+/// Sends `req` on `conn` within `timeout`.
+async fn exchange(
+    conn: &mut Conn,
+    req: http::request::Builder,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<http::Response<hyper::body::Incoming>, SendError> {
     let exchange = async {
         conn.ready()
             .await
             .map_err(|e| SendError::Http(e.to_string()))?;
-        let req = Request::post(PATH_STREAM)
-            .header(http::header::HOST, authority)
-            .header(http::header::CONNECTION, "Upgrade")
-            .header(http::header::UPGRADE, STREAM_PROTOCOL)
-            .header(HEADER_CLUSTER_ID, id_to_string(link.local.cluster_id))
-            .header(HEADER_FROM, id_to_string(link.local.member_id))
-            .body(Full::new(Bytes::new()))
+        let req = req
+            .body(Full::new(body))
             .map_err(|e| SendError::Http(e.to_string()))?;
         conn.send_request(req)
             .await
             .map_err(|e| SendError::Http(e.to_string()))
     };
-    let resp = tokio::time::timeout(STREAM_TIMEOUT, exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| SendError::Timeout(STREAM_TIMEOUT))??;
+        .map_err(|_| SendError::Timeout(timeout))?
+}
+
+/// The error for an answer that is not what was asked for (412: another cluster).
+async fn refused(resp: http::Response<hyper::body::Incoming>) -> SendError {
     let status = resp.status();
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        let upgraded = tokio::time::timeout(STREAM_TIMEOUT, hyper::upgrade::on(resp))
-            .await
-            .map_err(|_| SendError::Timeout(STREAM_TIMEOUT))?
-            .map_err(|e| SendError::Http(e.to_string()))?;
-        return Ok(Channel::Stream(TokioIo::new(upgraded)));
-    }
     let text = resp
         .into_body()
         .collect()
@@ -145,44 +148,34 @@ async fn open_channel(link: &Link, authority: &str) -> Result<Channel, SendError
         .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
         .unwrap_or_default();
     match status {
-        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => Ok(Channel::Post(conn)),
-        StatusCode::PRECONDITION_FAILED => Err(SendError::ClusterMismatch(text)),
-        s => Err(SendError::Status(s, text)),
+        StatusCode::PRECONDITION_FAILED => SendError::ClusterMismatch(text),
+        s => SendError::Status(s, text),
     }
 }
 
-/// Sends one encoded batch on the member's channel, opening it (on the URL at `*url_at`)
-/// if there is none. On failure the channel is dropped and the next URL will be tried.
-async fn send_batch(
-    channel: &mut Option<(Channel, String)>,
-    link: &Link,
-    url_at: &mut usize,
-    body: &[u8],
-) -> Result<(), SendError> {
-    let result = async {
-        if channel.is_none() {
-            let url = &link.urls[*url_at % link.urls.len()];
-            let auth = authority(url)?;
-            *channel = Some((open_channel(link, &auth).await?, auth));
-        }
-        let (ch, auth) = channel.as_mut().expect("opened above");
-        match ch {
-            Channel::Stream(io) => tokio::time::timeout(STREAM_TIMEOUT, io.write_all(body))
+/// Connects to the member and asks for the message stream; falls back to POSTs when the
+/// member does not know `/raft/stream`.
+async fn open_stream(link: &Link, authority: &str) -> Result<Channel, SendError> {
+    let mut conn = connect(authority).await?;
+    let req = peer_request(link, authority, PATH_STREAM)
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, STREAM_PROTOCOL);
+    let resp = exchange(&mut conn, req, Bytes::new(), STREAM_TIMEOUT).await?;
+    match resp.status() {
+        StatusCode::SWITCHING_PROTOCOLS => {
+            let upgraded = tokio::time::timeout(STREAM_TIMEOUT, hyper::upgrade::on(resp))
                 .await
                 .map_err(|_| SendError::Timeout(STREAM_TIMEOUT))?
-                .map_err(|e| SendError::Http(e.to_string())),
-            Channel::Post(conn) => {
-                let auth = auth.clone();
-                post(conn, link, &auth, PATH_RAFT, body.to_vec(), STREAM_TIMEOUT).await
-            }
+                .map_err(|e| SendError::Http(e.to_string()))?;
+            Ok(Channel::Stream(TokioIo::new(upgraded)))
         }
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+            // The answer's body must be read before the connection carries a POST.
+            let _ = resp.into_body().collect().await;
+            Ok(Channel::Post(conn))
+        }
+        _ => Err(refused(resp).await),
     }
-    .await;
-    if result.is_err() {
-        *channel = None;
-        *url_at += 1;
-    }
-    result
 }
 
 async fn post(
@@ -190,64 +183,54 @@ async fn post(
     link: &Link,
     authority: &str,
     path: &str,
-    body: Vec<u8>,
+    body: Bytes,
     timeout: Duration,
 ) -> Result<(), SendError> {
-    let exchange = async {
-        conn.ready()
-            .await
-            .map_err(|e| SendError::Http(e.to_string()))?;
-        let req = Request::post(path)
-            .header(http::header::HOST, authority)
-            .header(http::header::CONTENT_TYPE, "application/octet-stream")
-            .header(HEADER_CLUSTER_ID, id_to_string(link.local.cluster_id))
-            .header(HEADER_FROM, id_to_string(link.local.member_id))
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| SendError::Http(e.to_string()))?;
-        let resp = conn
-            .send_request(req)
-            .await
-            .map_err(|e| SendError::Http(e.to_string()))?;
-        let status = resp.status();
-        let text = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
-            .unwrap_or_default();
-        match status {
-            s if s.is_success() => Ok(()),
-            StatusCode::PRECONDITION_FAILED => Err(SendError::ClusterMismatch(text)),
-            s => Err(SendError::Status(s, text)),
-        }
-    };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| SendError::Timeout(timeout))?
+    let req = peer_request(link, authority, path)
+        .header(http::header::CONTENT_TYPE, "application/octet-stream");
+    let resp = exchange(conn, req, body, timeout).await?;
+    if !resp.status().is_success() {
+        return Err(refused(resp).await);
+    }
+    let _ = resp.into_body().collect().await;
+    Ok(())
 }
 
-/// Sends `body` to `path` on the member, reusing `conn` or dialing the URL at `*url_at`.
-/// On failure the connection is dropped and the next URL will be tried.
+/// Sends `body` on the member's channel, opening it on the URL at `*url_at` if there is
+/// none (the message stream when `stream`, else a connection for POSTs to `path`). On
+/// failure the channel is dropped and the next URL will be tried.
 async fn deliver(
-    conn: &mut Option<(Conn, String)>,
+    channel: &mut Option<(Channel, String)>,
     link: &Link,
     url_at: &mut usize,
+    stream: bool,
     path: &str,
-    body: Vec<u8>,
+    body: Bytes,
     timeout: Duration,
 ) -> Result<(), SendError> {
     let result = async {
-        if conn.is_none() {
+        if channel.is_none() {
             let url = &link.urls[*url_at % link.urls.len()];
             let auth = authority(url)?;
-            *conn = Some((connect(&auth).await?, auth));
+            let ch = if stream {
+                open_stream(link, &auth).await?
+            } else {
+                Channel::Post(connect(&auth).await?)
+            };
+            *channel = Some((ch, auth));
         }
-        let (c, auth) = conn.as_mut().expect("connected above");
-        post(c, link, &auth.clone(), path, body, timeout).await
+        let (ch, auth) = channel.as_mut().expect("opened above");
+        match ch {
+            Channel::Stream(io) => tokio::time::timeout(timeout, io.write_all(&body))
+                .await
+                .map_err(|_| SendError::Timeout(timeout))?
+                .map_err(|e| SendError::Http(e.to_string())),
+            Channel::Post(conn) => post(conn, link, auth, path, body, timeout).await,
+        }
     }
     .await;
     if result.is_err() {
-        *conn = None;
+        *channel = None;
         *url_at += 1;
     }
     result
@@ -259,7 +242,7 @@ pub async fn run_stream(link: Link, mut rx: Receiver<Message>) {
     let mut channel = None;
     let mut url_at = 0usize;
     let mut active = true;
-    let mut body = Vec::new();
+    let mut last_len = 0usize;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let mut size = 0usize;
@@ -279,16 +262,24 @@ pub async fn run_stream(link: Link, mut rx: Receiver<Message>) {
             )
         });
         let started = Instant::now();
-        body.clear();
+        let mut body = Vec::with_capacity(last_len);
         for m in &batch {
             codec::encode_into(m, &mut body);
         }
         drop(batch);
-        let sent = send_batch(&mut channel, &link, &mut url_at, &body).await;
-        if body.capacity() > 1 << 20 {
-            body = Vec::new(); // a burst's buffer is not kept for good
-        }
-        match sent {
+        last_len = body.len();
+        let body = Bytes::from(body);
+        match deliver(
+            &mut channel,
+            &link,
+            &mut url_at,
+            true,
+            PATH_RAFT,
+            body,
+            STREAM_TIMEOUT,
+        )
+        .await
+        {
             Ok(()) => {
                 if leader_traffic {
                     link.stats.record(link.to, Ok(started.elapsed()));
@@ -332,12 +323,21 @@ pub async fn run_snapshots(link: Link, mut rx: Receiver<Message>) {
         let bytes = msg.get_snapshot().data.len();
         tracing::info!(%peer, index, term, bytes, "transport: sending snapshot");
         let started = Instant::now();
-        let body = codec::encode(std::slice::from_ref(&msg));
+        let body = Bytes::from(codec::encode(std::slice::from_ref(&msg)));
         drop(msg);
         // Generous: 30 s plus a second per 10 MB.
         let timeout = Duration::from_secs(30 + (bytes / (10 << 20)) as u64);
         let mut conn = None;
-        let res = deliver(&mut conn, &link, &mut url_at, PATH_SNAPSHOT, body, timeout).await;
+        let res = deliver(
+            &mut conn,
+            &link,
+            &mut url_at,
+            false,
+            PATH_SNAPSHOT,
+            body,
+            timeout,
+        )
+        .await;
         let delivered = res.is_ok();
         match res {
             Ok(()) => tracing::info!(
