@@ -21,11 +21,13 @@
 //!
 //! # Invariants
 //! - `save` writes all records of one raft Ready with one `write` and one `fdatasync` (none
-//!   when only the commit index changed: a lost commit index is learned again);
+//!   when only the commit index changed: a lost commit index is learned again); where the
+//!   file system offers direct I/O the two are one `O_DIRECT | O_DSYNC` write;
 //! - a record is acknowledged only after it is synced; a crash can only tear the tail of the
 //!   last file, which `open` truncates at the last good record and reports;
 //! - a bad record anywhere else is corruption: `open` refuses with the file and offset.
 
+mod direct;
 pub mod failpoint;
 mod record;
 mod snap;

@@ -457,6 +457,7 @@ fn open_storage(
             rs
         });
         let storage = RaftStorage::restore(raft_snap, raft_hs, entries);
+        let direct_io = wal.direct_io();
         storage.attach_wal(wal);
         storage.attach_snapshots(files(snapshotter));
         storage.purge_now();
@@ -465,6 +466,7 @@ fn open_storage(
             commit = hs.commit,
             took_ms = started.elapsed().as_millis() as u64,
             wal = %wal_dir.display(),
+            direct_io,
             snapshot_index = snap.as_ref().map(|s| s.index).unwrap_or(0),
             "wal: recovered log, replaying committed entries"
         );
@@ -489,7 +491,11 @@ fn open_storage(
     };
     let wal_entries: Vec<oxcd_wal::Entry> = entries.iter().map(to_wal_entry).collect();
     wal.save(Some(&hs), &wal_entries)?;
-    tracing::info!(wal = %wal_dir.display(), "wal: created for a new member");
+    tracing::info!(
+        wal = %wal_dir.display(),
+        direct_io = wal.direct_io(),
+        "wal: created for a new member"
+    );
     let storage = RaftStorage::new_bootstrap(&bootstrap);
     storage.attach_wal(wal);
     storage.attach_snapshots(files(snapshotter));
