@@ -66,6 +66,8 @@ pub struct Wal {
     written: u64,
     /// Direct writes to the current segment, where the file system has them.
     direct: Option<DirectWriter>,
+    /// Whether new segments try direct writes: off for good once one failed.
+    try_direct: bool,
 }
 
 fn file_name(seq: u64, index: u64) -> String {
@@ -289,6 +291,7 @@ impl Wal {
             last_sync: None,
             written: buf.len() as u64,
             direct: open_direct(&path, buf.len() as u64, segment_size),
+            try_direct: true,
         })
     }
 
@@ -445,6 +448,7 @@ impl Wal {
             last_sync: None,
             written: last_len,
             direct: open_direct(&path, last_len, segment_size),
+            try_direct: true,
         };
         Ok((wal, out))
     }
@@ -535,8 +539,12 @@ impl Wal {
                     self.size = end;
                     return Ok(());
                 }
-                // Nothing counts as written; the page cache path writes it all again.
-                Err(_) => self.direct = None,
+                // Nothing counts as written; the page cache path writes it all again, and
+                // keeps doing so for later segments too.
+                Err(_) => {
+                    self.direct = None;
+                    self.try_direct = false;
+                }
             }
         }
         self.file
@@ -588,7 +596,10 @@ impl Wal {
         self.seq = seq;
         self.size = head.len() as u64;
         self.written = self.size;
-        self.direct = open_direct(&path, self.size, self.segment_size);
+        self.direct = self
+            .try_direct
+            .then(|| open_direct(&path, self.size, self.segment_size))
+            .flatten();
         Ok(())
     }
 
@@ -672,6 +683,45 @@ mod tests {
         assert_eq!(got, vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
         assert!(c.repaired.is_none());
         let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn direct_and_page_cache_appends_leave_identical_files() {
+        // Same saves (synced, commit-only, across two cuts) through both write paths.
+        let saves = |w: &mut Wal| {
+            for i in 1..=400u64 {
+                let e = Entry {
+                    data: vec![b'a' + (i % 26) as u8; (i * 7 % 900) as usize],
+                    ..entry(i, 1)
+                };
+                w.save(Some(&hs(i)), &[e]).unwrap();
+                w.save(Some(&hs(i + 1)), &[]).unwrap(); // commit only: not synced
+            }
+        };
+        let (da, db) = (dir("direct-a"), dir("direct-b"));
+        let mut a = Wal::create(&da, b"m", SEG).unwrap();
+        let mut b = Wal::create(&db, b"m", SEG).unwrap();
+        if !a.direct_io() {
+            eprintln!("no direct I/O under {}: skipped", da.display());
+            return;
+        }
+        (b.direct, b.try_direct) = (None, false);
+        saves(&mut a);
+        saves(&mut b);
+        assert!(a.direct_io(), "a direct write failed and fell back");
+        assert!(a.seq >= 2, "the saves cross at least two cuts");
+        drop((a, b));
+        let (fa, fb) = (list(&da).unwrap(), list(&db).unwrap());
+        assert_eq!(fa.len(), fb.len());
+        for (x, y) in fa.iter().zip(&fb) {
+            let (bx, by) = (fs::read(&x.2).unwrap(), fs::read(&y.2).unwrap());
+            assert!(bx == by, "{} and {} differ", x.2.display(), y.2.display());
+        }
+        let (_, c) = Wal::open(&da, SnapshotMarker::default(), SEG).unwrap();
+        assert_eq!(c.entries.len(), 400);
+        assert_eq!(c.hard_state, hs(401));
+        let _ = fs::remove_dir_all(&da);
+        let _ = fs::remove_dir_all(&db);
     }
 
     #[test]
