@@ -3,8 +3,9 @@
 //! `OXCD_FAILPOINTS=name@n[,name@n...]` makes the process abort — as abruptly as SIGKILL, no
 //! cleanup, nothing flushed that was not already written — the `n`th time (default 1) it
 //! reaches the point `name`. Without the variable a point costs one atomic load. The points
-//! sit between the steps whose order durability depends on: after a write but before its
-//! fdatasync, around a segment cut, between a snapshot file and its WAL marker.
+//! sit between the steps whose order durability depends on: before a batch is durable (after
+//! its write, before its fdatasync; before the one write where appends are direct), around a
+//! segment cut, between a snapshot file and its WAL marker.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
