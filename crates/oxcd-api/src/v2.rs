@@ -140,13 +140,12 @@ impl Error {
 
     /// The JSON body etcd writes (without the trailing newline).
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&ErrorJson {
+        crate::json::to_string(&ErrorJson {
             code: self.code as u32,
             message: self.message(),
             cause: &self.cause,
             index: self.index,
         })
-        .unwrap_or_default()
     }
 
     /// Removes a store namespace prefix from the cause (`/1/foo` → `/foo`).
@@ -176,6 +175,22 @@ pub enum Action {
     CompareAndDelete,
     #[serde(rename = "expire")]
     Expire,
+}
+
+impl Action {
+    /// The name etcd uses for the action in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Get => "get",
+            Action::Set => "set",
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+            Action::CompareAndSwap => "compareAndSwap",
+            Action::CompareAndDelete => "compareAndDelete",
+            Action::Expire => "expire",
+        }
+    }
 }
 
 /// A node as the API shows it (etcd's `NodeExtern`).

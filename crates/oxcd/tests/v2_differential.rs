@@ -312,3 +312,42 @@ fn metrics_and_stats_endpoints() {
     p.check("POST", "/version", None);
     p.finish();
 }
+
+#[test]
+fn json_strings_are_escaped_byte_for_byte_as_etcd_escapes_them() {
+    // Go's encoder escapes <, >, &, U+2028, U+2029 and writes \b and \f as \u0008 and
+    // \u000c; the bodies must be the same bytes, not only the same JSON.
+    let p = Pair::new();
+    let value = "a%08b%0Cc%0Ad%0De%09f%7Fg%E2%80%A8h%E2%80%A9i%1Fj%3C%3E%26%22%5C%2F%C3%A9";
+    let steps = [
+        (
+            "PUT",
+            "/v2/keys/x%3Cy%26z".to_string(),
+            Some(format!("value={value}")),
+        ),
+        ("GET", "/v2/keys/x%3Cy%26z".to_string(), None),
+        ("GET", "/v2/keys/nokey%3C%26%3E".to_string(), None),
+        (
+            "PUT",
+            "/v2/keys/x%3Cy%26z?prevValue=%3C".to_string(),
+            Some("value=1".to_string()),
+        ),
+    ];
+    for (method, path, form) in &steps {
+        let e = request(&p.etcd.client_url, method, path, form.as_deref());
+        let o = request(&p.oxcd.client_url, method, path, form.as_deref());
+        // Indexes differ only by each server's starting index.
+        let shift = |body: &str, base: u64| {
+            body.replace(&format!(":{}", base + 1), ":BASE+1")
+                .replace(&format!(":{base},"), ":BASE,")
+                .replace(&format!(":{base}}}"), ":BASE}")
+        };
+        let (be, bo) = (shift(&e.body, p.etcd_base), shift(&o.body, p.oxcd_base));
+        assert_eq!(be, bo, "{method} {path}: bodies differ");
+        assert!(
+            be.contains("\\u003c"),
+            "{method} {path}: nothing escaped in {be}"
+        );
+    }
+    p.finish();
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method, Response, StatusCode};
+use oxcd_api::json::to_string as to_json;
 use serde_json::json;
 
 use super::body::RespBody;
@@ -28,7 +29,9 @@ pub fn version(server: &EtcdServer, method: &Method) -> Response<RespBody> {
         .clone()
         .unwrap_or_else(|| "not_decided".to_string());
     let _ = CLUSTER_VERSION;
-    json_response(json!({ "etcdserver": SERVER_API_VERSION, "etcdcluster": cluster }).to_string())
+    json_response(to_json(
+        &json!({ "etcdserver": SERVER_API_VERSION, "etcdcluster": cluster }),
+    ))
 }
 
 /// `GET /health`: healthy when a leader is known and a quorum read goes through raft
@@ -149,7 +152,7 @@ pub fn stats_self(server: &EtcdServer, method: &Method) -> Response<RespBody> {
         obj.insert("sendPkgRate".into(), json!(pkg));
         obj.insert("sendBandwidthRate".into(), json!(bw));
     }
-    json_response(body.to_string())
+    json_response(to_json(&body))
 }
 
 /// `GET /v2/stats/leader`: only the leader answers; others get 403 as in etcd.
@@ -158,7 +161,7 @@ pub fn stats_leader(server: &EtcdServer, method: &Method) -> Response<RespBody> 
         return method_not_allowed("GET");
     }
     if !server.shared.status.is_leader.load(Ordering::Relaxed) {
-        let mut resp = json_response(json!({"message": "not current leader"}).to_string());
+        let mut resp = json_response(to_json(&json!({"message": "not current leader"})));
         *resp.status_mut() = StatusCode::FORBIDDEN;
         return resp;
     }
@@ -185,7 +188,7 @@ pub fn stats_leader(server: &EtcdServer, method: &Method) -> Response<RespBody> 
         "leader": id_to_string(server.shared.member_id),
         "followers": followers,
     });
-    json_response(body.to_string())
+    json_response(to_json(&body))
 }
 
 /// `/v2/members`: the member list. Runtime reconfiguration is not served yet.
@@ -209,7 +212,7 @@ pub fn members(server: &EtcdServer, method: &Method, path: &str) -> Response<Res
         match rest {
             "" => {
                 let list: Vec<_> = members.values().map(render).collect();
-                json_response(format!("{}\n", json!({ "members": list })))
+                json_response(format!("{}\n", to_json(&json!({ "members": list }))))
             }
             "leader" => match members.get(&server.leader()) {
                 Some(m) => json_response(format!("{}\n", render(m))),
@@ -261,7 +264,7 @@ fn member_json(m: &crate::membership::Member) -> serde_json::Value {
 
 /// etcd's `HTTPError`: `{"message":"..."}` with a status.
 pub fn http_error(status: StatusCode, msg: &str) -> Response<RespBody> {
-    let mut resp = json_response(json!({ "message": msg }).to_string());
+    let mut resp = json_response(to_json(&json!({ "message": msg })));
     *resp.status_mut() = status;
     resp
 }

@@ -92,7 +92,8 @@ fn encode_event(ev: &Arc<Event>) -> Bytes {
         }
         let mut trimmed = Event::clone(ev);
         trimmed.trim_prefix(STORE_KEYS_PREFIX);
-        let mut buf = serde_json::to_vec(&trimmed).unwrap_or_default();
+        let mut buf = Vec::with_capacity(512);
+        trimmed.write_json(&mut buf);
         buf.push(b'\n');
         let bytes = Bytes::from(buf);
         *slot = Some((Arc::clone(ev), bytes.clone()));

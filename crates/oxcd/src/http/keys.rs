@@ -363,9 +363,7 @@ pub fn event_response(
     }
     // Sized for a typical event, so the writer does not regrow it a few times per response.
     let mut buf = Vec::with_capacity(512);
-    if serde_json::to_writer(&mut buf, &ev).is_err() {
-        buf.clear();
-    }
+    ev.write_json(&mut buf);
     buf.push(b'\n');
     let mut resp = Response::new(RespBody::full(Bytes::from(buf)));
     if created {

@@ -66,7 +66,7 @@ impl ServerApplier {
                 let res = store.set(
                     &path,
                     false,
-                    &attrs.to_string(),
+                    &oxcd_api::json::to_string(&attrs),
                     oxcd_v2store::TtlOptions::default(),
                     now,
                 );
@@ -214,7 +214,7 @@ impl Applier for ServerApplier {
                 let _ = store.set(
                     &format!("/0/members/{id_str}/raftAttributes"),
                     false,
-                    &raft_attrs.to_string(),
+                    &oxcd_api::json::to_string(&raft_attrs),
                     oxcd_v2store::TtlOptions::default(),
                     now,
                 );
