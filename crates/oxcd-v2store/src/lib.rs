@@ -19,7 +19,7 @@ mod node;
 mod store;
 mod watcher;
 
-pub use store::{RecoveryError, SavedState, Store, TtlOptions};
+pub use store::{is_clean_path, RecoveryError, SavedState, Store, TtlOptions};
 pub use watcher::{WatchOutcome, WatchSink, WatcherId};
 
 /// Store operation result: an event, or etcd's v2 error.

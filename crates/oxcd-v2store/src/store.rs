@@ -108,7 +108,7 @@ impl SavedState {
 
 /// Go's `path.Clean(path.Join("/", p))`.
 fn clean(p: &str) -> Cow<'_, str> {
-    if is_clean(p) {
+    if is_clean_path(p) {
         // The common case: no copy.
         return Cow::Borrowed(p);
     }
@@ -125,14 +125,29 @@ fn clean(p: &str) -> Cow<'_, str> {
     Cow::Owned(format!("/{}", parts.join("/")))
 }
 
-/// Whether `clean` would return `p` unchanged: rooted, no empty, `.` or `..` segment.
-fn is_clean(p: &str) -> bool {
-    match p.strip_prefix('/') {
-        Some("") => true,
-        Some(rest) => rest
-            .split('/')
-            .all(|s| !s.is_empty() && s != "." && s != ".."),
-        None => false,
+/// Whether `p` is already a clean path (Go's `path.Clean` would return it unchanged):
+/// rooted, and no empty, `.` or `..` segment (so no doubled or trailing slash). Every
+/// request's key is checked, so this walks the bytes once instead of splitting.
+pub fn is_clean_path(p: &str) -> bool {
+    let b = p.as_bytes();
+    if b.first() != Some(&b'/') {
+        return false;
+    }
+    let mut start = 1;
+    loop {
+        let end = b[start..]
+            .iter()
+            .position(|&c| c == b'/')
+            .map_or(b.len(), |i| start + i);
+        match &b[start..end] {
+            b"" if b.len() == 1 => return true,
+            b"" | b"." | b".." => return false,
+            _ => {}
+        }
+        if end == b.len() {
+            return true;
+        }
+        start = end + 1;
     }
 }
 

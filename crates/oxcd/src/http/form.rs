@@ -11,6 +11,8 @@
 //! Values are bytes in Go; here they are UTF-8 strings with invalid sequences replaced by
 //! U+FFFD, which is exactly what Go's JSON encoder prints for such values.
 
+use oxcd_v2store::is_clean_path;
+
 /// Parsed form values: (key, value) pairs in order of appearance. A request has a handful
 /// of them, so a list scanned in order is cheaper than a map (no hashing, one allocation).
 #[derive(Debug, Default, Clone)]
@@ -140,7 +142,7 @@ fn unescape(s: &[u8], plus_is_space: bool) -> Result<String, String> {
 
 /// Go's `path.Clean`.
 pub fn path_clean(p: &str) -> String {
-    if is_clean(p) {
+    if is_clean_path(p) {
         return p.to_string();
     }
     if p.is_empty() {
@@ -171,7 +173,7 @@ pub fn path_clean(p: &str) -> String {
 
 /// The path Go's `ServeMux` routes: cleaned, keeping a trailing slash.
 pub fn clean_path(p: &str) -> String {
-    if is_clean(p) {
+    if is_clean_path(p) {
         // Nearly every request: one copy.
         return p.to_string();
     }
@@ -205,23 +207,11 @@ pub fn path_join(a: &str, b: &str) -> String {
         joined.push('/');
     }
     joined.push_str(b);
-    if is_clean(&joined) {
+    if is_clean_path(&joined) {
         // The common case (`/v2/keys/a/b`): nothing to clean, no second string.
         return joined;
     }
     path_clean(&joined)
-}
-
-/// Whether `path_clean` would return `p` unchanged: rooted, and no empty, `.` or `..`
-/// segment (so no doubled or trailing slash).
-fn is_clean(p: &str) -> bool {
-    match p.strip_prefix('/') {
-        Some("") => true,
-        Some(rest) => rest
-            .split('/')
-            .all(|s| !s.is_empty() && s != "." && s != ".."),
-        None => false,
-    }
 }
 
 /// Go's `strconv.ParseBool`.
@@ -288,9 +278,19 @@ mod tests {
         assert_eq!(path_join("/1", "foo//bar/./x/../"), "/1/foo/bar");
         assert_eq!(path_join("/1", "/.."), "/");
         assert_eq!(path_join("/1", "a/.b"), "/1/a/.b");
-        assert!(is_clean("/") && is_clean("/a/b") && is_clean("/a/...") && is_clean("/a/.b"));
-        assert!(!is_clean("a") && !is_clean("/a/") && !is_clean("//a") && !is_clean("/a/."));
-        assert!(!is_clean("/a/../b") && !is_clean(""));
+        assert!(
+            is_clean_path("/")
+                && is_clean_path("/a/b")
+                && is_clean_path("/a/...")
+                && is_clean_path("/a/.b")
+        );
+        assert!(
+            !is_clean_path("a")
+                && !is_clean_path("/a/")
+                && !is_clean_path("//a")
+                && !is_clean_path("/a/.")
+        );
+        assert!(!is_clean_path("/a/../b") && !is_clean_path(""));
         assert_eq!(path_join("/1", ""), "/1");
         assert_eq!(path_join("/1", "/"), "/1");
     }
