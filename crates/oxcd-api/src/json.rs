@@ -153,7 +153,8 @@ pub fn to_string<T: Serialize + ?Sized>(value: &T) -> String {
     String::from_utf8(to_vec(value)).unwrap_or_default()
 }
 
-fn write_u64(out: &mut Vec<u8>, n: u64) {
+/// Writes `n` in decimal (also the value of etcd's index headers).
+pub fn write_u64(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut rest = n;

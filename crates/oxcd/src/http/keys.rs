@@ -320,19 +320,10 @@ fn number_header(slot: usize, n: u64) -> HeaderValue {
                 return value.clone();
             }
         }
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut rest = n;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
+        let mut digits = Vec::with_capacity(20);
+        oxcd_api::json::write_u64(&mut digits, n);
         // One allocation (`HeaderValue::from(u64)` makes two), and only ASCII digits.
-        let value = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&digits[at..]))
+        let value = HeaderValue::from_maybe_shared(Bytes::from(digits))
             .expect("digits are a valid header value");
         last[slot] = Some((n, value.clone()));
         value
