@@ -84,6 +84,15 @@ impl DirectWriter {
         Ok(w)
     }
 
+    /// A writer whose writes all fail (descriptors opened read-only), for the fallback test.
+    #[cfg(test)]
+    pub(crate) fn failing(path: &Path, size: u64) -> io::Result<DirectWriter> {
+        let mut w = DirectWriter::open(path, size)?;
+        w.synced = File::open(path)?;
+        w.unsynced = File::open(path)?;
+        Ok(w)
+    }
+
     /// Makes the window at least `cap` bytes long (rounded up to whole blocks).
     fn reserve(&mut self, cap: usize) {
         let cap = round_up(cap as u64) as usize;

@@ -68,6 +68,8 @@ pub struct Wal {
     direct: Option<DirectWriter>,
     /// Whether new segments try direct writes: off for good once one failed.
     try_direct: bool,
+    /// Why direct writes were turned off, until the caller takes it (to log).
+    direct_failure: Option<std::io::Error>,
 }
 
 fn file_name(seq: u64, index: u64) -> String {
@@ -292,6 +294,7 @@ impl Wal {
             written: buf.len() as u64,
             direct: open_direct(&path, buf.len() as u64, segment_size),
             try_direct: true,
+            direct_failure: None,
         })
     }
 
@@ -449,6 +452,7 @@ impl Wal {
             written: last_len,
             direct: open_direct(&path, last_len, segment_size),
             try_direct: true,
+            direct_failure: None,
         };
         Ok((wal, out))
     }
@@ -541,9 +545,10 @@ impl Wal {
                 }
                 // Nothing counts as written; the page cache path writes it all again, and
                 // keeps doing so for later segments too.
-                Err(_) => {
+                Err(e) => {
                     self.direct = None;
                     self.try_direct = false;
+                    self.direct_failure = Some(e);
                 }
             }
         }
@@ -632,6 +637,11 @@ impl Wal {
         self.direct.is_some()
     }
 
+    /// The error that turned direct writes off, once (None if they never failed).
+    pub fn take_direct_failure(&mut self) -> Option<std::io::Error> {
+        self.direct_failure.take()
+    }
+
     /// Index of the last entry written.
     pub fn last_index(&self) -> u64 {
         self.last_index
@@ -709,6 +719,7 @@ mod tests {
         saves(&mut a);
         saves(&mut b);
         assert!(a.direct_io(), "a direct write failed and fell back");
+        assert!(a.take_direct_failure().is_none());
         assert!(a.seq >= 2, "the saves cross at least two cuts");
         drop((a, b));
         let (fa, fb) = (list(&da).unwrap(), list(&db).unwrap());
@@ -722,6 +733,30 @@ mod tests {
         assert_eq!(c.hard_state, hs(401));
         let _ = fs::remove_dir_all(&da);
         let _ = fs::remove_dir_all(&db);
+    }
+
+    #[test]
+    fn a_failed_direct_write_falls_back_to_the_page_cache_and_loses_nothing() {
+        let d = dir("direct-fail");
+        let mut w = Wal::create(&d, b"m", SEG).unwrap();
+        w.save(Some(&hs(1)), &[entry(1, 1)]).unwrap();
+        let path = list(&d).unwrap()[0].2.clone();
+        let Ok(failing) = DirectWriter::failing(&path, w.size) else {
+            eprintln!("no direct I/O under {}: skipped", d.display());
+            return;
+        };
+        w.direct = Some(failing);
+        w.save(Some(&hs(2)), &[entry(2, 1), entry(3, 1)]).unwrap();
+        assert!(!w.direct_io(), "still on the failing direct path");
+        assert!(w.take_direct_failure().is_some(), "the failure is reported");
+        assert!(w.take_direct_failure().is_none(), "once");
+        w.save(Some(&hs(3)), &[entry(4, 1)]).unwrap();
+        drop(w);
+        let (_, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
+        let got: Vec<u64> = c.entries.iter().map(|e| e.index).collect();
+        assert_eq!(got, vec![1, 2, 3, 4]);
+        assert_eq!(c.hard_state, hs(3));
+        let _ = fs::remove_dir_all(&d);
     }
 
     #[test]

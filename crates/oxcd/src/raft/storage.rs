@@ -315,6 +315,9 @@ impl RaftStorage {
             if let Some(sync) = wal.take_sync_time() {
                 crate::metrics::observe_wal_fsync(sync);
             }
+            if let Some(e) = wal.take_direct_failure() {
+                tracing::warn!(error = %e, "wal: direct write failed, writing through the page cache from now on");
+            }
             if took > std::time::Duration::from_secs(1) {
                 tracing::warn!(took_ms = took.as_millis() as u64, "wal: slow fdatasync");
             }
