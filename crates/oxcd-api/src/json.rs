@@ -29,8 +29,9 @@ fn ascii_needs_escape(b: u8) -> bool {
 /// (and of other characters, which the slow path writes as they are).
 #[inline]
 fn needs_escape(s: &str) -> bool {
-    // Without short-circuiting inside a chunk the compiler checks 16 bytes at a time with
-    // vector compares: a 256-byte value costs tens of instructions, not thousands.
+    // No early exit inside a 16-byte chunk, so each byte's test is branch-free: about 30M
+    // fewer instructions per 20k gets than `bytes().any(..)` (callgrind), still a few
+    // instructions per byte.
     let flag = |b: u8| {
         (b < 0x20)
             | (b == b'"')
@@ -299,6 +300,17 @@ mod tests {
                 .map(|_| alphabet[next(alphabet.len() as u64) as usize])
                 .collect()
         };
+        // Every action, so the hand-written names are checked against serde's renames.
+        const ACTIONS: [Action; 8] = [
+            Action::Get,
+            Action::Set,
+            Action::Create,
+            Action::Update,
+            Action::Delete,
+            Action::CompareAndSwap,
+            Action::CompareAndDelete,
+            Action::Expire,
+        ];
         for round in 0..2000 {
             let node = |next: &mut dyn FnMut(u64) -> u64, depth: u32| -> NodeExtern {
                 let mut n = NodeExtern {
@@ -324,7 +336,7 @@ mod tests {
                 }
             }
             let ev = Event {
-                action: Action::CompareAndSwap,
+                action: ACTIONS[round % ACTIONS.len()],
                 node: (round % 5 != 0).then_some(parent),
                 prev_node: (next(2) == 0).then(|| node(&mut next, 1)),
                 etcd_index: 0,

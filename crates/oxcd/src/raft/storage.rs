@@ -81,17 +81,6 @@ pub struct SnapshotFiles {
     pub max_wals: usize,
 }
 
-/// Converts a raft entry to the WAL's plain entry.
-pub fn to_wal_entry(e: &Entry) -> oxcd_wal::Entry {
-    oxcd_wal::Entry {
-        term: e.term,
-        index: e.index,
-        entry_type: e.get_entry_type() as i32,
-        data: e.data.to_vec(),
-        context: e.context.to_vec(),
-    }
-}
-
 /// A raft entry as the WAL writes it, borrowing its payload.
 pub fn wal_entry_ref(e: &Entry) -> oxcd_wal::EntryRef<'_> {
     oxcd_wal::EntryRef {

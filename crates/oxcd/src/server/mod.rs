@@ -352,7 +352,7 @@ fn open_storage(
     me: &Member,
 ) -> Result<(crate::raft::storage::RaftStorage, Restored), BootstrapError> {
     use crate::raft::storage::{
-        bootstrap_entries, from_wal_entry, to_wal_entry, RaftStorage, SnapshotFiles,
+        bootstrap_entries, from_wal_entry, wal_entry_ref, RaftStorage, SnapshotFiles,
     };
     let member_dir = opts.data_dir.join("member");
     let wal_dir = opts
@@ -489,8 +489,8 @@ fn open_storage(
         vote: 0,
         commit: entries.len() as u64,
     };
-    let wal_entries: Vec<oxcd_wal::Entry> = entries.iter().map(to_wal_entry).collect();
-    wal.save(Some(&hs), &wal_entries)?;
+    let wal_entries: Vec<oxcd_wal::EntryRef<'_>> = entries.iter().map(wal_entry_ref).collect();
+    wal.save_refs(Some(&hs), &wal_entries)?;
     tracing::info!(
         wal = %wal_dir.display(),
         direct_io = wal.direct_io(),
