@@ -574,12 +574,18 @@ impl Store {
         let node = self.walk_mut(path).expect("callers walked to the node");
         let prev = node.repr(path, false, false, now);
         let old_expire = node.expire;
-        if !node.is_dir() && !ttl.refresh {
-            node.value = Arc::from(value);
+        // etcd's node write is refused for a directory (the error is ignored): a directory
+        // keeps its modifiedIndex in the store, while the event reports the new index.
+        let is_dir = node.is_dir();
+        if !is_dir {
+            if !ttl.refresh {
+                node.value = Arc::from(value);
+            }
+            node.modified_index = next;
         }
-        node.modified_index = next;
         node.expire = ttl.expire_time;
-        let ext = node.repr(path, false, false, now);
+        let mut ext = node.repr(path, false, false, now);
+        ext.modified_index = next;
         self.set_ttl(path, old_expire, ttl.expire_time);
         self.index = next;
         let ev = Event {

@@ -14,6 +14,7 @@
 //! Plain GETs and watches read the store directly under its lock, as etcd serves them.
 
 pub mod config;
+pub mod failstop;
 pub mod http;
 pub mod membership;
 pub mod metrics;

@@ -17,8 +17,19 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    init_tracing(&cfg);
-    let (opts, listeners) = oxcd::startup::from_config(&cfg);
+    if let Err(e) = init_tracing(&cfg) {
+        eprintln!("oxcd: error verifying flags, {e}. See 'etcd --help'.");
+        return ExitCode::FAILURE;
+    }
+    oxcd::failstop::install_panic_hook();
+    let (opts, listeners) = match oxcd::startup::from_config(&cfg) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("oxcd: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("oxcd-worker")
@@ -40,16 +51,105 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(cfg: &config::ServerConfig) {
-    let default = cfg.log_level.as_str();
+fn init_tracing(cfg: &config::ServerConfig) -> std::io::Result<()> {
+    // etcd's "panic" and "fatal" levels only log errors and worse.
+    let default = match cfg.log_level.as_str() {
+        "panic" | "fatal" => "error",
+        level => level,
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("OXCD_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{default},oxcd::raft={default}"))
     });
-    tracing_subscriber::fmt()
+    let outputs = LogOutputs::open(&cfg.log_outputs)?;
+    // Colour codes only when the one output is a terminal; files and journald get plain text.
+    let ansi = outputs.is_terminal();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal; log files and journald get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(true)
-        .init();
+        .with_writer(outputs)
+        .with_target(true);
+    match cfg.logger {
+        config::Logger::Capnslog => builder.with_ansi(ansi).init(),
+        config::Logger::Zap => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+    Ok(())
+}
+
+/// Every `--log-outputs` destination; each log line is written to each of them whole.
+#[derive(Clone)]
+struct LogOutputs(std::sync::Arc<Vec<Sink>>);
+
+#[derive(Clone)]
+enum Sink {
+    Stderr,
+    Stdout,
+    File(std::sync::Arc<std::fs::File>),
+}
+
+impl LogOutputs {
+    fn open(outputs: &[config::LogOutput]) -> std::io::Result<LogOutputs> {
+        let mut sinks = Vec::new();
+        for out in outputs {
+            sinks.push(match out {
+                config::LogOutput::Stderr => Sink::Stderr,
+                config::LogOutput::Stdout => Sink::Stdout,
+                config::LogOutput::File(path) => Sink::File(std::sync::Arc::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .map_err(|e| {
+                            std::io::Error::new(
+                                e.kind(),
+                                format!("open sink {:?}: {e}", path.display().to_string()),
+                            )
+                        })?,
+                )),
+            });
+        }
+        Ok(LogOutputs(std::sync::Arc::new(sinks)))
+    }
+
+    fn is_terminal(&self) -> bool {
+        use std::io::IsTerminal as _;
+        match self.0.as_slice() {
+            [Sink::Stderr] => std::io::stderr().is_terminal(),
+            [Sink::Stdout] => std::io::stdout().is_terminal(),
+            _ => false,
+        }
+    }
+}
+
+impl std::io::Write for LogOutputs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        for sink in self.0.iter() {
+            // A full disk or closed pipe must not stop the member: the line is lost.
+            let _ = match sink {
+                Sink::Stderr => std::io::stderr().write_all(buf),
+                Sink::Stdout => std::io::stdout().write_all(buf),
+                Sink::File(f) => (&**f).write_all(buf),
+            };
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogOutputs {
+    type Writer = LogOutputs;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
 }

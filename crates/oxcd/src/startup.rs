@@ -19,6 +19,8 @@ pub struct Listeners {
     pub client: Vec<SocketAddr>,
     /// `--listen-peer-urls`, resolved.
     pub peer: Vec<SocketAddr>,
+    /// `--listen-metrics-urls`, resolved.
+    pub metrics: Vec<SocketAddr>,
 }
 
 /// Runs a member until a shutdown signal.
@@ -28,7 +30,7 @@ pub async fn run(opts: ServerOptions, listeners: Listeners) -> anyhow::Result<()
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("listen tcp {addr}: bind failed"))?;
-        tracing::info!(address = %addr, "startup: serving client traffic");
+        tracing::info!(address = %addr, "startup: listening for client traffic");
         client_listeners.push(l);
     }
     let mut peer_listeners = Vec::new();
@@ -39,19 +41,52 @@ pub async fn run(opts: ServerOptions, listeners: Listeners) -> anyhow::Result<()
         tracing::info!(address = %addr, "startup: listening for peers");
         peer_listeners.push(l);
     }
+    let mut metrics_listeners = Vec::new();
+    for addr in &listeners.metrics {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen tcp {addr}: bind failed"))?;
+        tracing::info!(address = %addr, "startup: listening for metrics");
+        metrics_listeners.push(l);
+    }
     let server: Arc<EtcdServer> = Arc::new(server::start(&opts)?);
+    // Peers first: the member needs them to commit its publish.
+    for l in peer_listeners {
+        tokio::spawn(crate::http::serve(
+            l,
+            Arc::clone(&server),
+            crate::http::Api::Peer,
+        ));
+    }
+    // Clients only once this run's publish is applied (etcd's ReadyNotify): a client never
+    // reads from a store that still lacks writes acknowledged before a restart. Connections
+    // made meanwhile wait in the listen backlog.
+    tokio::select! {
+        _ = server.wait_ready() => {}
+        _ = shutdown_signal() => {
+            tracing::info!("startup: shutting down before the member was ready");
+            server.shutdown();
+            return Ok(());
+        }
+    }
+    tracing::info!("ready to serve client requests");
     for l in client_listeners {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(
+                "serving insecure client requests on {addr}, this is strongly discouraged!"
+            );
+        }
         tokio::spawn(crate::http::serve(
             l,
             Arc::clone(&server),
             crate::http::Api::Client,
         ));
     }
-    for l in peer_listeners {
+    for l in metrics_listeners {
         tokio::spawn(crate::http::serve(
             l,
             Arc::clone(&server),
-            crate::http::Api::Peer,
+            crate::http::Api::Metrics,
         ));
     }
     shutdown_signal().await;
@@ -83,13 +118,16 @@ async fn shutdown_signal() {
     }
 }
 
-/// Splits a parsed configuration into the member's options and its listen addresses.
-pub fn from_config(cfg: &crate::config::ServerConfig) -> (ServerOptions, Listeners) {
+/// Splits a parsed configuration into the member's options and its listen addresses; a
+/// listen URL whose host does not resolve is an error.
+pub fn from_config(
+    cfg: &crate::config::ServerConfig,
+) -> anyhow::Result<(ServerOptions, Listeners)> {
     let urls = |v: &[crate::config::Url]| v.iter().map(|u| u.to_string()).collect::<Vec<_>>();
-    let addrs = |v: &[crate::config::Url]| {
+    let addrs = |v: &[crate::config::Url]| -> anyhow::Result<Vec<SocketAddr>> {
         v.iter()
-            .flat_map(|u| u.socket_addrs())
-            .collect::<Vec<SocketAddr>>()
+            .map(|u| u.socket_addr().map_err(anyhow::Error::msg))
+            .collect()
     };
     let opts = ServerOptions {
         name: cfg.name.clone(),
@@ -110,10 +148,15 @@ pub fn from_config(cfg: &crate::config::ServerConfig) -> (ServerOptions, Listene
         wal_dir: cfg.wal_dir.clone(),
         max_snapshots: cfg.max_snapshots as usize,
         max_wals: cfg.max_wals as usize,
+        pre_vote: cfg.pre_vote,
+        strict_reconfig_check: cfg.strict_reconfig_check,
+        enable_v2: cfg.enable_v2,
+        cors: cfg.cors.clone(),
     };
     let listeners = Listeners {
-        client: addrs(&cfg.listen_client_urls),
-        peer: addrs(&cfg.listen_peer_urls),
+        client: addrs(&cfg.listen_client_urls)?,
+        peer: addrs(&cfg.listen_peer_urls)?,
+        metrics: addrs(&cfg.listen_metrics_urls)?,
     };
-    (opts, listeners)
+    Ok((opts, listeners))
 }

@@ -188,6 +188,16 @@ fn ttl_refresh_and_expiry() {
     p.check("GET", "/v2/keys/t", None);
     p.check("PUT", "/v2/keys/tdir?dir=true&ttl=100", None);
     p.check("PUT", "/v2/keys/tdir?dir=true&prevExist=true&ttl=200", None);
+    // etcd's event reports the new modifiedIndex, but the directory keeps its old one in
+    // the store: the directory itself and its parent's listing show it.
+    p.check("GET", "/v2/keys/tdir", None);
+    p.check("GET", "/v2/keys/?recursive=true&sorted=true", None);
+    p.check(
+        "PUT",
+        "/v2/keys/tdir",
+        Some("dir=true&prevExist=true&ttl=300"),
+    );
+    p.check("GET", "/v2/keys/?sorted=true", None);
     p.check("PUT", "/v2/keys/gone", Some("value=v&ttl=1"));
     std::thread::sleep(Duration::from_millis(2600));
     p.check("GET", "/v2/keys/gone", None);

@@ -47,6 +47,40 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     pub force_new_cluster: bool,
     pub log_level: String,
+    /// `--logger`: etcd's `capnslog` (one human-readable line per event) or `zap` (JSON lines).
+    pub logger: Logger,
+    /// `--log-outputs`: where log lines go.
+    pub log_outputs: Vec<LogOutput>,
+    /// `--pre-vote` (default on).
+    pub pre_vote: bool,
+    /// `--strict-reconfig-check`.
+    pub strict_reconfig_check: bool,
+    /// `--enable-v2`: false answers 404 on `/v2/...` as etcd 3.4 without v2 does.
+    pub enable_v2: bool,
+    /// `--cors`: origins allowed; empty or containing `*` allows all.
+    pub cors: Vec<String>,
+    /// `--listen-metrics-urls`: extra listeners serving `/metrics` and `/health`.
+    pub listen_metrics_urls: Vec<Url>,
+}
+
+/// The log format (`--logger`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logger {
+    /// One human-readable line per event (etcd 3.4's default).
+    Capnslog,
+    /// One JSON object per line.
+    Zap,
+}
+
+/// A log destination (`--log-outputs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogOutput {
+    /// Standard error (also what `default` means: oxcd does not write to journald).
+    Stderr,
+    /// Standard output.
+    Stdout,
+    /// A file, appended to (zap only, as in etcd).
+    File(PathBuf),
 }
 
 /// A configuration error, worded as etcd words it.
@@ -84,8 +118,8 @@ enum Kind {
     Bool,
 }
 
-/// Every flag: name, kind, default, help. Flags marked "(accepted, ignored)" exist so that
-/// etcd command lines start unchanged.
+/// Every flag: name, kind, default, help. Each flag either works as etcd's or is refused at
+/// start with a clear error when given a value oxcd cannot honour (`refuse_unsupported`).
 const FLAGS: &[(&str, Kind, &str, &str)] = &[
     (
         "name",
@@ -157,7 +191,7 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "quota-backend-bytes",
         Kind::Str,
         "0",
-        "(accepted, ignored) Raise alarms when backend size exceeds the given quota.",
+        "Raise alarms when backend size exceeds the given quota (v3 backend only: any value but 0 is refused, oxcd has no v3 backend yet).",
     ),
     (
         "initial-advertise-peer-urls",
@@ -211,25 +245,25 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "discovery-proxy",
         Kind::Str,
         "",
-        "(accepted, ignored) HTTP proxy to use for traffic to discovery service.",
+        "HTTP proxy to use for traffic to discovery service (refused: discovery is not supported yet).",
     ),
     (
         "strict-reconfig-check",
         Kind::Bool,
         "true",
-        "(accepted, ignored) Reject reconfiguration requests that would cause quorum loss.",
+        "Reject reconfiguration requests that would cause quorum loss (runtime reconfiguration is not supported yet: every members API change is refused).",
     ),
     (
         "enable-v2",
         Kind::Bool,
-        "false",
-        "Accept etcd V2 client requests (always on in oxcd).",
+        "true",
+        "Accept etcd V2 client requests (oxcd serves only the v2 API, so unlike etcd 3.4 it defaults to true; false answers 404 on /v2 as etcd does).",
     ),
     (
         "force-new-cluster",
         Kind::Bool,
         "false",
-        "Force to create a new one member cluster.",
+        "Force to create a new one member cluster (refused: not supported yet).",
     ),
     (
         "proxy",
@@ -240,14 +274,14 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
     (
         "pre-vote",
         Kind::Bool,
-        "false",
-        "(accepted; oxcd always uses pre-vote) Enable to run an additional Raft election phase.",
+        "true",
+        "Enable to run an additional Raft election phase (on by default, as in etcd 3.5).",
     ),
     (
         "logger",
         Kind::Str,
         "capnslog",
-        "(accepted, ignored) Specify 'zap' for structured logging or 'capnslog'.",
+        "Specify 'zap' for structured logging (JSON lines) or 'capnslog'.",
     ),
     (
         "log-level",
@@ -259,7 +293,7 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "log-outputs",
         Kind::Str,
         "default",
-        "(accepted, ignored) Specify 'stdout' or 'stderr' to skip journald logging.",
+        "Specify 'stdout' or 'stderr' ('default' is stderr), or with --logger=zap also file paths (comma-separated).",
     ),
     (
         "debug",
@@ -271,37 +305,37 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "cors",
         Kind::Str,
         "",
-        "(accepted, ignored) Comma-separated white list of origins for CORS.",
+        "Comma-separated white list of origins for CORS, or cross-origin resource sharing, (empty or * means allow all).",
     ),
     (
         "auto-compaction-retention",
         Kind::Str,
         "0",
-        "(accepted, ignored) Auto compaction retention for mvcc key value store.",
+        "Auto compaction retention for mvcc key value store (v3 only: any value but 0 is refused).",
     ),
     (
         "auto-compaction-mode",
         Kind::Str,
         "periodic",
-        "(accepted, ignored) Interpret 'auto-compaction-retention'.",
+        "Interpret 'auto-compaction-retention' one of: periodic|revision.",
     ),
     (
         "enable-pprof",
         Kind::Bool,
         "false",
-        "(accepted, ignored) Enable runtime profiling data via HTTP server.",
+        "Enable runtime profiling data via HTTP server (refused: Go's pprof has no oxcd equivalent).",
     ),
     (
         "metrics",
         Kind::Str,
         "basic",
-        "(accepted, ignored) Set level of detail for exported metrics.",
+        "Set level of detail for exported metrics, specify 'extensive' to include server side grpc histogram metrics (oxcd has no gRPC: both levels export the same).",
     ),
     (
         "listen-metrics-urls",
         Kind::Str,
         "",
-        "(accepted, ignored) List of URLs to listen on for the metrics and health endpoints.",
+        "List of additional URLs to listen on that will respond to both the /metrics and /health endpoints.",
     ),
     (
         "config-file",
@@ -464,6 +498,32 @@ pub fn parse(
         }
     }
     let listen_client_urls = urls("listen-client-urls")?;
+    let listen_peer_urls = urls("listen-peer-urls")?;
+    // Never serve plaintext, or TCP, on a URL that asks for TLS or a unix socket.
+    for (kind, flags, list) in [
+        ("client", "--cert-file, --key-file", &listen_client_urls),
+        (
+            "peer",
+            "--peer-cert-file, --peer-key-file",
+            &listen_peer_urls,
+        ),
+    ] {
+        for u in list {
+            match u.scheme.as_str() {
+                "https" | "unixs" => {
+                    return Err(ConfigError::Invalid(format!(
+                        "TLS key/cert ({flags}) must be provided for {kind} url {u} with HTTPS scheme (oxcd does not serve TLS yet)"
+                    )))
+                }
+                "unix" => {
+                    return Err(ConfigError::Invalid(format!(
+                        "{kind} url {u}: unix socket listeners are not supported by oxcd yet"
+                    )))
+                }
+                _ => {}
+            }
+        }
+    }
     let advertise_client_urls = urls("advertise-client-urls")?;
     if get("listen-client-urls").is_some() && get("advertise-client-urls").is_none() {
         return Err(ConfigError::Invalid(
@@ -522,13 +582,39 @@ pub fn parse(
         defaulted("log-level")
     };
     let max_request_bytes = number("max-request-bytes")? as usize;
+    refuse_unsupported(&defaulted, &get_bool)?;
+    let listen_metrics_urls = match get("listen-metrics-urls").filter(|v| !v.is_empty()) {
+        Some(_) => urls("listen-metrics-urls")?,
+        None => Vec::new(),
+    };
+    for u in &listen_metrics_urls {
+        if u.scheme != "http" {
+            return Err(ConfigError::Invalid(format!(
+                "metrics url {u}: only http listeners are supported by oxcd yet"
+            )));
+        }
+    }
+    let cors: Vec<String> = defaulted("cors")
+        .split(',')
+        .map(|o| o.trim().to_string())
+        .filter(|o| !o.is_empty())
+        .collect();
+    let (logger, log_outputs) = logging(&defaulted("logger"), &defaulted("log-outputs"))?;
+    if !matches!(
+        log_level.as_str(),
+        "debug" | "info" | "warn" | "error" | "panic" | "fatal"
+    ) {
+        return Err(ConfigError::Invalid(format!(
+            "error verifying flags, unknown log-level {log_level:?}. See 'etcd --help'."
+        )));
+    }
     Ok(Command::Run(Box::new(ServerConfig {
         name,
         data_dir: PathBuf::from(data_dir),
         wal_dir,
         listen_client_urls,
         advertise_client_urls,
-        listen_peer_urls: urls("listen-peer-urls")?,
+        listen_peer_urls,
         initial_advertise_peer_urls: peer_urls,
         initial_cluster,
         initial_cluster_state: state,
@@ -541,7 +627,120 @@ pub fn parse(
         max_request_bytes,
         force_new_cluster: get_bool("force-new-cluster")?,
         log_level,
+        logger,
+        log_outputs,
+        pre_vote: get_bool("pre-vote")?,
+        strict_reconfig_check: get_bool("strict-reconfig-check")?,
+        enable_v2: get_bool("enable-v2")?,
+        cors,
+        listen_metrics_urls,
     })))
+}
+
+/// Refuses, at start, every flag value whose behaviour oxcd does not have yet, instead of
+/// accepting it and behaving differently.
+fn refuse_unsupported(
+    value: &dyn Fn(&str) -> String,
+    flag: &dyn Fn(&str) -> Result<bool, ConfigError>,
+) -> Result<(), ConfigError> {
+    let refuse = |what: &str| Err(ConfigError::Invalid(what.to_string()));
+    if value("quota-backend-bytes") != "0" {
+        return refuse("--quota-backend-bytes limits the v3 backend, which oxcd does not have yet");
+    }
+    if !value("discovery-proxy").is_empty() {
+        return refuse("--discovery-proxy: discovery is not supported yet");
+    }
+    match value("discovery-fallback").as_str() {
+        "exit" | "proxy" => {}
+        other => {
+            return Err(ConfigError::InvalidValue {
+                flag: "discovery-fallback".into(),
+                value: other.to_string(),
+                reason: "valid values include exit,proxy".into(),
+            })
+        }
+    }
+    if value("auto-compaction-retention") != "0" {
+        return refuse(
+            "--auto-compaction-retention compacts the v3 key-value history, which oxcd does not have yet",
+        );
+    }
+    match value("auto-compaction-mode").as_str() {
+        "periodic" | "revision" => {}
+        other => {
+            return refuse(&format!(
+                "unknown auto-compaction-mode {other:?} (only supports \"periodic\", \"revision\")"
+            ))
+        }
+    }
+    if flag("enable-pprof")? {
+        return refuse("--enable-pprof: Go's profiling endpoints have no oxcd equivalent");
+    }
+    match value("metrics").as_str() {
+        "basic" | "extensive" => {}
+        other => {
+            return Err(ConfigError::InvalidValue {
+                flag: "metrics".into(),
+                value: other.to_string(),
+                reason: "valid values include basic,extensive".into(),
+            })
+        }
+    }
+    if flag("force-new-cluster")? {
+        return refuse("--force-new-cluster is not supported yet");
+    }
+    Ok(())
+}
+
+/// Validates `--logger` and `--log-outputs` with etcd 3.4's rules and messages.
+fn logging(logger: &str, outputs: &str) -> Result<(Logger, Vec<LogOutput>), ConfigError> {
+    let invalid = |what: String| {
+        ConfigError::Invalid(format!("error verifying flags, {what}. See 'etcd --help'."))
+    };
+    let names: Vec<&str> = outputs.split(',').map(str::trim).collect();
+    match logger {
+        "capnslog" => {
+            if names.len() != 1 {
+                return Err(invalid(format!(
+                    "--logger=capnslog supports only 1 value in '--log-outputs', got {names:?}"
+                )));
+            }
+            let out = match names[0] {
+                "default" | "stderr" => LogOutput::Stderr,
+                "stdout" => LogOutput::Stdout,
+                other => {
+                    return Err(invalid(format!(
+                        "unknown log-output {other:?} (only supports \"default\", \"stderr\", \"stdout\")"
+                    )))
+                }
+            };
+            Ok((Logger::Capnslog, vec![out]))
+        }
+        "zap" => {
+            if names.len() > 1 && names.contains(&"default") {
+                return Err(invalid(
+                    "multi logoutput for \"default\" is not supported yet".to_string(),
+                ));
+            }
+            let mut outs = Vec::new();
+            for name in names {
+                outs.push(match name {
+                    "default" | "stderr" => LogOutput::Stderr,
+                    "stdout" => LogOutput::Stdout,
+                    "journal" => {
+                        return Err(invalid(
+                            "--log-outputs=journal is not supported by oxcd (use stderr and let the service manager collect it)"
+                                .to_string(),
+                        ))
+                    }
+                    "" => return Err(invalid("empty value in '--log-outputs'".to_string())),
+                    path => LogOutput::File(PathBuf::from(path)),
+                });
+            }
+            Ok((Logger::Zap, outs))
+        }
+        other => Err(invalid(format!("unknown logger option {other:?}"))),
+    }
 }
 
 /// Go's `strconv.ParseBool`.
@@ -599,16 +798,9 @@ mod tests {
             assert_eq!(c.name, "n1");
             assert_eq!(c.data_dir, PathBuf::from("n1.etcd"));
         }
-        assert!(
-            run(&["--force-new-cluster"], &[])
-                .unwrap()
-                .force_new_cluster
-        );
-        assert!(
-            !run(&["-force-new-cluster=false"], &[])
-                .unwrap()
-                .force_new_cluster
-        );
+        assert!(!run(&["-enable-v2=false"], &[]).unwrap().enable_v2);
+        assert!(!run(&["-pre-vote=false"], &[]).unwrap().pre_vote);
+        assert!(run(&["--pre-vote"], &[]).unwrap().pre_vote);
         // A boolean never takes the next argument.
         assert!(matches!(
             run(&["--enable-v2", "true"], &[]),
@@ -654,5 +846,92 @@ mod tests {
         )
         .is_err());
         assert!(run(&["--name"], &[]).is_err());
+    }
+
+    #[test]
+    fn tls_and_unix_listeners_are_refused_not_downgraded() {
+        let e = run(
+            &[
+                "--listen-client-urls",
+                "https://127.0.0.1:2379",
+                "--advertise-client-urls",
+                "https://127.0.0.1:2379",
+            ],
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "TLS key/cert (--cert-file, --key-file) must be provided for client url https://127.0.0.1:2379 with HTTPS scheme"
+            ),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), 1);
+        let e = run(&["--listen-peer-urls", "https://127.0.0.1:2380"], &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("peer url https://127.0.0.1:2380"),
+            "{e}"
+        );
+        assert!(run(&["--listen-peer-urls", "unix://127.0.0.1:2380"], &[]).is_err());
+    }
+
+    #[test]
+    fn flags_oxcd_cannot_honour_are_refused() {
+        for args in [
+            &["--quota-backend-bytes", "1000"][..],
+            &["--discovery-proxy", "http://127.0.0.1:1"],
+            &["--discovery-fallback", "bogus"],
+            &["--auto-compaction-retention", "1h"],
+            &["--auto-compaction-mode", "bogus"],
+            &["--enable-pprof"],
+            &["--metrics", "bogus"],
+            &["--force-new-cluster"],
+            &["--listen-metrics-urls", "https://127.0.0.1:2381"],
+        ] {
+            assert!(run(args, &[]).is_err(), "{args:?} was accepted");
+        }
+        let c = run(
+            &[
+                "--strict-reconfig-check=false",
+                "--enable-v2=false",
+                "--pre-vote=false",
+                "--metrics=extensive",
+                "--cors=http://a.example,http://b.example",
+                "--listen-metrics-urls=http://127.0.0.1:2381",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert!(!c.strict_reconfig_check && !c.enable_v2 && !c.pre_vote);
+        assert_eq!(c.cors, vec!["http://a.example", "http://b.example"]);
+        assert_eq!(c.listen_metrics_urls[0].port, 2381);
+        let d = run(&[], &[]).unwrap();
+        assert!(d.strict_reconfig_check && d.enable_v2 && d.pre_vote);
+        assert!(d.cors.is_empty() && d.listen_metrics_urls.is_empty());
+    }
+
+    #[test]
+    fn logger_and_outputs_as_etcd_validates_them() {
+        let c = run(&[], &[]).unwrap();
+        assert_eq!(c.logger, Logger::Capnslog);
+        assert_eq!(c.log_outputs, vec![LogOutput::Stderr]);
+        let c = run(&["--logger=zap", "--log-outputs=stdout,/tmp/x.log"], &[]).unwrap();
+        assert_eq!(c.logger, Logger::Zap);
+        assert_eq!(
+            c.log_outputs,
+            vec![
+                LogOutput::Stdout,
+                LogOutput::File(PathBuf::from("/tmp/x.log"))
+            ]
+        );
+        let e = run(&["--logger=bogus"], &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("unknown logger option \"bogus\""),
+            "{e}"
+        );
+        assert!(run(&["--log-outputs=stdout,stderr"], &[]).is_err());
+        assert!(run(&["--log-outputs=/tmp/x.log"], &[]).is_err());
+        assert!(run(&["--logger=zap", "--log-outputs=default,stdout"], &[]).is_err());
+        assert!(run(&["--log-level=verbose"], &[]).is_err());
     }
 }

@@ -52,17 +52,25 @@ impl Url {
         })
     }
 
-    /// Addresses to bind: `localhost` is 127.0.0.1, as Go's listener resolves it.
-    pub fn socket_addrs(&self) -> Vec<SocketAddr> {
+    /// The address to bind: `localhost` is 127.0.0.1, as Go's listener resolves it. A host
+    /// that does not resolve is an error (a member must not start without a listener it was
+    /// asked for).
+    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
         let host = if self.host == "localhost" {
             "127.0.0.1"
         } else {
             self.host.as_str()
         };
-        (host, self.port)
-            .to_socket_addrs()
-            .map(|it| it.take(1).collect())
-            .unwrap_or_default()
+        let lookup = |host: &str| (host, self.port).to_socket_addrs();
+        // `[::1]` is written with brackets in a URL but resolved without them.
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        match lookup(bare).map(|mut it| it.next()) {
+            Ok(Some(addr)) => Ok(addr),
+            Ok(None) | Err(_) => Err(format!(
+                "listen tcp {}:{}: lookup {bare}: no such host",
+                self.host, self.port
+            )),
+        }
     }
 }
 
@@ -87,5 +95,17 @@ mod tests {
         assert!(Url::parse("http://host:2379/path").is_err());
         assert!(Url::parse("gopher://host:1").is_err());
         assert!(Url::parse("http://:1").is_err());
+    }
+
+    #[test]
+    fn resolves_or_refuses() {
+        let u = Url::parse("http://localhost:2379").unwrap();
+        assert_eq!(u.socket_addr().unwrap().to_string(), "127.0.0.1:2379");
+        let u = Url::parse("http://[::1]:2379").unwrap();
+        assert_eq!(u.socket_addr().unwrap().to_string(), "[::1]:2379");
+        // A name that cannot resolve (the .invalid TLD is reserved, RFC 2606).
+        let u = Url::parse("http://no-such-host.invalid:2379").unwrap();
+        let e = u.socket_addr().unwrap_err();
+        assert!(e.contains("no such host"), "{e}");
     }
 }

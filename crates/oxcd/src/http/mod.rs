@@ -57,6 +57,8 @@ pub enum Api {
     /// Peer URLs: raft traffic (`/raft`, `/raft/snapshot`) and what members ask each other
     /// (`/members`, `/version`).
     Peer,
+    /// `--listen-metrics-urls`: only `/metrics` and `/health`.
+    Metrics,
 }
 
 /// Serves one API on a bound listener until the process ends.
@@ -116,13 +118,22 @@ pub fn method_not_allowed(allow: &'static str) -> Response<RespBody> {
     resp
 }
 
-fn add_cors(resp: &mut Response<RespBody>) {
+/// etcd's CORS headers: `*` when every origin is allowed (`--cors` empty or `*`), else the
+/// request's `Origin` when it is in the list, else none.
+fn add_cors(server: &EtcdServer, origin: Option<HeaderValue>, resp: &mut Response<RespBody>) {
+    let allowed = match (&server.cors, origin) {
+        (None, _) => HeaderValue::from_static("*"),
+        (Some(list), Some(origin)) if list.iter().any(|o| o.as_bytes() == origin.as_bytes()) => {
+            origin
+        }
+        _ => return,
+    };
     let h = resp.headers_mut();
     h.insert(
         names::ALLOW_METHODS,
         HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
     );
-    h.insert(names::ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(names::ALLOW_ORIGIN, allowed);
     h.insert(
         names::ALLOW_HEADERS,
         HeaderValue::from_static("accept, content-type, authorization"),
@@ -139,11 +150,20 @@ async fn handle(
     let method = req.method().clone();
     let resp = match api {
         Api::Client => {
+            let origin = match server.cors {
+                Some(_) => req.headers().get(http::header::ORIGIN).cloned(),
+                None => None,
+            };
             let mut r = route(&server, req).await;
-            add_cors(&mut r);
+            add_cors(&server, origin, &mut r);
             r
         }
         Api::Peer => route_peer(&server, req).await,
+        Api::Metrics => match req.uri().path() {
+            "/metrics" => base::metrics(&server, req.method()),
+            "/health" => base::health(&server, req.method()).await,
+            _ => text_error(StatusCode::NOT_FOUND, "404 page not found"),
+        },
     };
     metrics::observe_http(&method, resp.status(), started.elapsed());
     resp
@@ -194,6 +214,10 @@ async fn route(server: &Arc<EtcdServer>, req: Request<Incoming>) -> Response<Res
     let clean = clean_path(&path);
     if clean != path {
         return redirect(&clean, req.uri().query(), req.method());
+    }
+    if !server.enable_v2 && (path == "/v2" || path.starts_with("/v2/")) {
+        // etcd 3.4 without --enable-v2 registers no /v2 handler.
+        return text_error(StatusCode::NOT_FOUND, "404 page not found");
     }
     match path.as_str() {
         "/version" => base::version(server, req.method()),

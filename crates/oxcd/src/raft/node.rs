@@ -156,6 +156,9 @@ pub struct RaftConfig {
     /// Encode and write snapshots on a background thread (the server); tests that need
     /// determinism take them inline.
     pub background_snapshots: bool,
+    /// `--pre-vote`: a member that was cut off asks whether it could win before it raises
+    /// its term, so its return does not depose a working leader.
+    pub pre_vote: bool,
 }
 
 /// A handle to the raft thread.
@@ -229,7 +232,7 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 4096 / 8,
             check_quorum: true,
-            pre_vote: true,
+            pre_vote: cfg.pre_vote,
             // A new commit index reaches followers with the next append; it is broadcast on
             // its own only when nothing is in flight to carry it (`maybe_bcast_commit`).
             skip_bcast_commit: true,
@@ -569,8 +572,9 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
                         let _ = tx.send(Some(snap));
                     }
                     Err(e) => {
-                        tracing::error!(index, error = %e, "snap: saving snapshot file failed");
-                        let _ = tx.send(None);
+                        crate::failstop::fatal(format_args!(
+                            "snap: saving snapshot file at index {index} failed: {e}"
+                        ));
                     }
                 }
             });
@@ -620,13 +624,21 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
                 crate::server::request::time_to_unix_nanos(std::time::SystemTime::now()),
                 Ordering::Relaxed,
             );
-            tracing::info!(
-                member = %format!("{:x}", self.id),
-                leader = %format!("{leader_id:x}"),
-                term = self.raw.raft.term,
-                role = ?role,
-                "raft: leader changed"
-            );
+            // etcd's wording (raft/node.go), which operators' scripts match.
+            let (me, term) = (self.id, self.raw.raft.term);
+            match (prev, leader_id) {
+                (_, 0) => {
+                    tracing::info!(role = ?role, "raft.node: {me:x} lost leader {prev:x} at term {term}")
+                }
+                (0, _) => tracing::info!(
+                    role = ?role,
+                    "raft.node: {me:x} elected leader {leader_id:x} at term {term}"
+                ),
+                _ => tracing::info!(
+                    role = ?role,
+                    "raft.node: {me:x} changed leader from {prev:x} to {leader_id:x} at term {term}"
+                ),
+            }
         }
     }
 
@@ -768,8 +780,7 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
                 }
             }
             if let Err(e) = self.handle_ready() {
-                tracing::error!(error = %e, "raft: storage failure, stopping");
-                return;
+                crate::failstop::fatal(format_args!("raft: storage failure: {e}"));
             }
             busy = light && self.applied >= self.raw.raft.raft_log.last_index();
             self.poll_snapshot();

@@ -158,6 +158,7 @@ impl Sim {
                 applied: 0,
                 snapshot_count: 25,
                 background_snapshots: false,
+                pre_vote: true,
             };
             let node = RaftNode::new(
                 &cfg,

@@ -203,8 +203,8 @@ impl RaftStorage {
             return false;
         };
         if let Err(e) = write_snapshot_file(&writer, snap) {
-            tracing::error!(error = %e, "snap: saving snapshot file failed");
-            return false;
+            // Entries after the snapshot would follow a gap in the WAL.
+            crate::failstop::fatal(format_args!("snap: saving snapshot file failed: {e}"));
         }
         self.record_snapshot(snap);
         true
@@ -225,8 +225,7 @@ impl RaftStorage {
                 term: meta.term,
             };
             if let Err(e) = wal.save_snapshot(marker) {
-                tracing::error!(error = %e, "wal: saving snapshot marker failed");
-                return;
+                crate::failstop::fatal(format_args!("wal: saving snapshot marker failed: {e}"));
             }
         }
         drop(wal);

@@ -30,6 +30,12 @@ pub struct ServerApplier {
     shared: Arc<Shared>,
     last_sync: Instant,
     last_publish: Option<Instant>,
+    /// IDs of the publish requests this run proposed; the first of them applied makes the
+    /// member ready (a publish replayed from an earlier run does not: entries acknowledged
+    /// before this start may still be unapplied until this run's own publish is).
+    publish_ids: Vec<u64>,
+    /// This run's publish went through raft.
+    published: bool,
     last_version: Option<Instant>,
 }
 
@@ -40,8 +46,25 @@ impl ServerApplier {
             shared,
             last_sync: Instant::now(),
             last_publish: None,
+            publish_ids: Vec::new(),
+            published: false,
             last_version: None,
         }
+    }
+
+    /// This run's own publish was applied: log it as etcd does and open the client port.
+    fn on_published(&mut self) {
+        self.published = true;
+        self.publish_ids.clear();
+        let shared = &self.shared;
+        tracing::info!(
+            member = %id_to_string(shared.member_id),
+            "published {{Name:{} ClientURLs:[{}]}} to cluster {}",
+            shared.name,
+            shared.client_urls.join(" "),
+            id_to_string(shared.cluster_id)
+        );
+        shared.ready.send_replace(true);
     }
 
     fn apply_request(
@@ -85,10 +108,7 @@ impl ServerApplier {
                     oxcd_v2store::TtlOptions::default(),
                     now,
                 );
-                *shared
-                    .cluster_version
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(version);
+                shared.set_cluster_version(Some(version));
                 Some(res)
             }
         }
@@ -172,6 +192,12 @@ impl Applier for ServerApplier {
                     .status
                     .proposals_committed
                     .fetch_add(1, Ordering::Relaxed);
+                let own_publish = !self.published
+                    && matches!(req.body, RequestBody::PublishAttributes { .. })
+                    && self.publish_ids.contains(&req.id);
+                if own_publish {
+                    self.on_published();
+                }
                 if let Some(res) = Self::apply_request(&mut store, &shared, req.body, now) {
                     results.push((req.id, res));
                 }
@@ -267,22 +293,19 @@ impl Applier for ServerApplier {
                 );
             }
         }
-        let published = {
-            let members = shared.members.read().unwrap_or_else(|e| e.into_inner());
-            members
-                .get(&shared.member_id)
-                .map(|m| m.name == shared.name && m.client_urls == shared.client_urls)
-                .unwrap_or(false)
-        };
-        if !published
+        // Every start publishes once through raft, as etcd's does: applying it proves that
+        // everything committed before this start is applied here too.
+        if !self.published
             && self
                 .last_publish
                 .is_none_or(|t| t.elapsed() >= RETRY_INTERVAL)
         {
             self.last_publish = Some(Instant::now());
+            let id = shared.ids.next();
+            self.publish_ids.push(id);
             out.push(
                 RaftRequest {
-                    id: shared.ids.next(),
+                    id,
                     body: RequestBody::PublishAttributes {
                         member_id: shared.member_id,
                         name: shared.name.clone(),
@@ -342,11 +365,7 @@ impl Applier for ServerApplier {
             .members
             .write()
             .unwrap_or_else(|e| e.into_inner()) = members;
-        *self
-            .shared
-            .cluster_version
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = version;
+        self.shared.set_cluster_version(version);
         tracing::info!(index, "apply: store replaced by the leader's snapshot");
         Ok(())
     }

@@ -83,6 +83,26 @@ pub struct Shared {
     pub cluster_id: u64,
     /// When this member started.
     pub start_time: SystemTime,
+    /// Becomes true once this run's own publish (name and client URLs) is applied: from
+    /// then on everything committed before the start is applied, and clients are served.
+    pub ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Records the cluster version decided in the log (or read from a snapshot), logging
+    /// etcd's lines the first time it becomes known in this run.
+    pub fn set_cluster_version(&self, version: Option<String>) {
+        let mut current = self
+            .cluster_version
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if let (None, Some(v)) = (current.as_ref(), version.as_ref()) {
+            let major_minor = v.splitn(3, '.').take(2).collect::<Vec<_>>().join(".");
+            tracing::info!("set the cluster version to {major_minor}");
+            tracing::info!("enabled capabilities for version {major_minor}");
+        }
+        *current = version;
+    }
 }
 
 /// Errors of the server layer (not store errors, which are results).
@@ -116,6 +136,10 @@ pub struct EtcdServer {
     pub max_request_bytes: usize,
     /// The `X-Etcd-Cluster-ID` value, formatted once.
     pub cluster_id_header: http::HeaderValue,
+    /// `--enable-v2`: false leaves only `/version`, `/health` and `/metrics` to clients.
+    pub enable_v2: bool,
+    /// `--cors`: allowed origins; `None` allows every origin (`*`).
+    pub cors: Option<Vec<String>>,
 }
 
 impl EtcdServer {
@@ -137,6 +161,8 @@ impl EtcdServer {
             peer_urls,
             max_request_bytes,
             cluster_id_header,
+            enable_v2: true,
+            cors: None,
         }
     }
 
@@ -247,6 +273,14 @@ impl EtcdServer {
             .collect()
     }
 
+    /// Waits until this member's publish is applied (etcd's ReadyNotify): only then are
+    /// clients served, so a restarted member never answers from a store that lacks
+    /// writes it acknowledged before the restart.
+    pub async fn wait_ready(&self) {
+        let mut rx = self.shared.ready.subscribe();
+        let _ = rx.wait_for(|ready| *ready).await;
+    }
+
     /// Asks the raft thread to stop.
     pub fn shutdown(&self) {
         let _ = self.raft.send(RaftInput::Shutdown);
@@ -300,6 +334,14 @@ pub struct ServerOptions {
     pub max_snapshots: usize,
     /// `--max-wals`.
     pub max_wals: usize,
+    /// `--pre-vote`.
+    pub pre_vote: bool,
+    /// `--strict-reconfig-check` (kept for the members API; every change is refused today).
+    pub strict_reconfig_check: bool,
+    /// `--enable-v2`.
+    pub enable_v2: bool,
+    /// `--cors` origins (empty = all).
+    pub cors: Vec<String>,
 }
 
 /// A snapshot the member restarted from: its index and the store state.
@@ -531,6 +573,7 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         client_urls: opts.client_urls.clone(),
         cluster_id: cluster.id,
         start_time: SystemTime::now(),
+        ready: tokio::sync::watch::channel(false).0,
     });
     let (storage, restored) = open_storage(opts, &cluster, &me)?;
     let mut applied = 0;
@@ -541,10 +584,7 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
             .map_err(|e| BootstrapError::Snapshot(e.to_string()))?;
         let (members, version) = apply::members_from_store(&store);
         *shared.members.write().unwrap_or_else(|e| e.into_inner()) = members;
-        *shared
-            .cluster_version
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = version;
+        shared.set_cluster_version(version);
         applied = index;
         tracing::info!(index, "snap: store restored from snapshot");
     }
@@ -557,6 +597,7 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         applied,
         snapshot_count: opts.snapshot_count,
         background_snapshots: true,
+        pre_vote: opts.pre_vote,
     };
     let applier = apply::ServerApplier::new(Arc::clone(&shared));
     let (handle, inputs) = RaftHandle::channel();
@@ -581,11 +622,15 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
     );
     // etcd's request timeout: 5 s plus two election timeouts.
     let request_timeout = Duration::from_secs(5) + 2 * opts.election_timeout;
-    Ok(EtcdServer::new(
+    let mut server = EtcdServer::new(
         shared,
         handle,
         request_timeout,
         opts.peer_urls.clone(),
         opts.max_request_bytes,
-    ))
+    );
+    server.enable_v2 = opts.enable_v2;
+    server.cors =
+        (!opts.cors.is_empty() && !opts.cors.iter().any(|o| o == "*")).then(|| opts.cors.clone());
+    Ok(server)
 }
