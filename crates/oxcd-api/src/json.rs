@@ -180,7 +180,44 @@ fn field(out: &mut Vec<u8>, first: &mut bool, name: &[u8]) {
 
 impl NodeExtern {
     /// Writes the node as etcd does (the same bytes as [`to_vec`], faster).
+    ///
+    /// Listings nest as deep as keys go: children are written with an explicit stack of
+    /// the open nodes, never by recursion.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        let first = self.write_head(out);
+        let Some(nodes) = self.nodes.as_deref() else {
+            self.write_tail(out, first);
+            return;
+        };
+        // The open nodes: each with its children and how many are written.
+        let mut stack: Vec<(&NodeExtern, &[NodeExtern], usize)> = vec![(self, nodes, 0)];
+        while let Some(top) = stack.last_mut() {
+            let (node, children, at) = (top.0, top.1, top.2);
+            match children.get(at) {
+                Some(child) => {
+                    top.2 += 1;
+                    if at > 0 {
+                        out.push(b',');
+                    }
+                    let first = child.write_head(out);
+                    match child.nodes.as_deref() {
+                        Some(grandchildren) => stack.push((child, grandchildren, 0)),
+                        None => child.write_tail(out, first),
+                    }
+                }
+                None => {
+                    out.push(b']');
+                    // "nodes" was written: the fields after it follow a comma.
+                    node.write_tail(out, false);
+                    stack.pop();
+                }
+            }
+        }
+    }
+
+    /// Writes `{` and the fields up to the children: with children, up to and including
+    /// `"nodes":[`. Returns whether no field was written yet.
+    fn write_head(&self, out: &mut Vec<u8>) -> bool {
         out.push(b'{');
         let mut first = true;
         if !self.key.is_empty() {
@@ -205,16 +242,14 @@ impl NodeExtern {
             }
             write_u64(out, self.ttl.unsigned_abs());
         }
-        if let Some(nodes) = &self.nodes {
+        if self.nodes.is_some() {
             field(out, &mut first, b"\"nodes\":[");
-            for (i, n) in nodes.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                n.write_json(out);
-            }
-            out.push(b']');
         }
+        first
+    }
+
+    /// Writes the fields after the children and `}`.
+    fn write_tail(&self, out: &mut Vec<u8>, mut first: bool) {
         if self.modified_index != 0 {
             field(out, &mut first, b"\"modifiedIndex\":");
             write_u64(out, self.modified_index);
@@ -262,9 +297,12 @@ mod tests {
                 value: Some(Arc::from(
                     "a\u{8}b\u{c}c\nd\re\tf\u{7f}g\u{2028}h\u{2029}i\u{1f}j",
                 )),
+                dir: false,
+                expiration: None,
+                ttl: 0,
+                nodes: None,
                 modified_index: 4,
                 created_index: 4,
-                ..Default::default()
             }),
             prev_node: None,
             etcd_index: 4,
@@ -349,5 +387,109 @@ mod tests {
                 "round {round}"
             );
         }
+    }
+
+    /// A node with only a key and a created index, and the given children.
+    fn bare(key: String, nodes: Option<Vec<NodeExtern>>) -> NodeExtern {
+        NodeExtern {
+            key,
+            value: None,
+            dir: nodes.is_some(),
+            expiration: None,
+            ttl: 0,
+            nodes,
+            modified_index: 0,
+            created_index: 7,
+        }
+    }
+
+    #[test]
+    fn nested_listings_match_serde_byte_for_byte() {
+        // Trees a few levels deep with every combination of present and absent fields
+        // around "nodes" (which decides where the commas go).
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        fn tree(next: &mut dyn FnMut(u64) -> u64, depth: u32) -> NodeExtern {
+            let key = ["", "/a", "/a<b", "/é"][next(4) as usize].to_string();
+            let nodes = (depth < 4 && next(3) > 0).then(|| {
+                (0..next(4))
+                    .map(|_| tree(next, depth + 1))
+                    .collect::<Vec<_>>()
+            });
+            NodeExtern {
+                key,
+                value: (next(3) == 0).then(|| Arc::from("v\n")),
+                dir: next(2) == 0,
+                expiration: (next(4) == 0)
+                    .then(|| UNIX_EPOCH + Duration::from_nanos(next(1 << 62))),
+                ttl: next(3) as i64 - 1,
+                nodes,
+                modified_index: next(2) * next(1000),
+                created_index: next(2) * next(1000),
+            }
+        }
+        for round in 0..500 {
+            let node = tree(&mut next, 0);
+            let mut fast = Vec::new();
+            node.write_json(&mut fast);
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                to_string(&node),
+                "round {round}"
+            );
+            let copy = node.clone();
+            assert_eq!(copy, node, "round {round}");
+        }
+    }
+
+    /// A chain of `depth` nested directories, each with one child.
+    fn chain(depth: usize) -> NodeExtern {
+        let mut node = bare("/k".into(), None);
+        for _ in 1..depth {
+            node = bare("/k".into(), Some(vec![node]));
+        }
+        node
+    }
+
+    #[test]
+    fn a_100000_deep_listing_is_written_cloned_trimmed_and_dropped_without_recursion() {
+        // Runs on the default test thread stack (2 MiB): recursion would overflow it.
+        const DEPTH: usize = 100_000;
+        let mut node = chain(DEPTH);
+        let copy = node.clone();
+        node.trim_prefix("/");
+        let mut out = Vec::new();
+        node.write_json(&mut out);
+        let open = "{\"key\":\"k\",\"dir\":true,\"nodes\":[";
+        let close = "],\"createdIndex\":7}";
+        let leaf = "{\"key\":\"k\",\"createdIndex\":7}";
+        let want = format!(
+            "{}{leaf}{}",
+            open.repeat(DEPTH - 1),
+            close.repeat(DEPTH - 1)
+        );
+        assert!(out == want.as_bytes(), "deep listing written wrong");
+        // The copy is independent of the trimmed original.
+        let mut depth = 0;
+        let mut at = Some(&copy);
+        while let Some(n) = at {
+            assert_eq!(n.key, "/k");
+            depth += 1;
+            at = n.nodes.as_ref().and_then(|v| v.first());
+        }
+        assert_eq!(depth, DEPTH);
+        drop(node);
+        drop(copy);
+        // A wide and deep mix drops as well.
+        let wide = bare(
+            "/w".into(),
+            Some((0..3).map(|_| chain(DEPTH / 3)).collect()),
+        );
+        drop(wide);
     }
 }

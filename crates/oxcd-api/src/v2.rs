@@ -194,7 +194,14 @@ impl Action {
 }
 
 /// A node as the API shows it (etcd's `NodeExtern`).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+///
+/// A listing nests as deep as the tree, and a key may have any number of segments: what
+/// walks the nesting here — [`NodeExtern::write_json`], [`NodeExtern::trim_prefix`],
+/// `clone` and `drop` — uses an explicit stack, never recursion, so a 100,000-deep listing
+/// does not overflow a thread's stack. (Because of the `Drop`, fields cannot be moved out
+/// of a node: `take` them. The derived `Debug`, `PartialEq` and serde impls do recurse;
+/// serde_json's recursion limit bounds what `Deserialize` accepts.)
+#[derive(Debug, PartialEq, Default, Serialize, Deserialize)]
 pub struct NodeExtern {
     /// Full key path.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -257,13 +264,94 @@ fn de_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Err
 impl NodeExtern {
     /// Removes a store namespace prefix from this node's key and its children's.
     pub fn trim_prefix(&mut self, prefix: &str) {
-        if self.key.starts_with(prefix) {
-            // In place: no new string per node of every response.
-            self.key.drain(..prefix.len());
+        fn trim_one(n: &mut NodeExtern, prefix: &str) {
+            if n.key.starts_with(prefix) {
+                // In place: no new string per node of every response.
+                n.key.drain(..prefix.len());
+            }
         }
-        if let Some(nodes) = &mut self.nodes {
-            for n in nodes {
-                n.trim_prefix(prefix);
+        trim_one(self, prefix);
+        let Some(nodes) = &mut self.nodes else {
+            return;
+        };
+        // Depth-first with an explicit stack: listings can nest as deep as keys go.
+        let mut stack: Vec<&mut NodeExtern> = nodes.iter_mut().collect();
+        while let Some(n) = stack.pop() {
+            trim_one(n, prefix);
+            if let Some(nodes) = &mut n.nodes {
+                stack.extend(nodes.iter_mut());
+            }
+        }
+    }
+
+    /// A copy of the node without its children (`nodes` is `None`).
+    fn clone_shallow(&self) -> NodeExtern {
+        NodeExtern {
+            key: self.key.clone(),
+            value: self.value.clone(),
+            dir: self.dir,
+            expiration: self.expiration,
+            ttl: self.ttl,
+            nodes: None,
+            modified_index: self.modified_index,
+            created_index: self.created_index,
+        }
+    }
+}
+
+impl Clone for NodeExtern {
+    /// Copies the whole listing, with an explicit stack (no recursion).
+    fn clone(&self) -> NodeExtern {
+        let mut top = self.clone_shallow();
+        let Some(nodes) = &self.nodes else {
+            return top;
+        };
+        // Each frame: a source list, how far it is copied, and the copy so far; a finished
+        // frame's copy becomes the `nodes` of the last copied node of the frame below.
+        let mut stack: Vec<(&[NodeExtern], usize, Vec<NodeExtern>)> =
+            vec![(nodes, 0, Vec::with_capacity(nodes.len()))];
+        while let Some(frame) = stack.last_mut() {
+            let src: &[NodeExtern] = frame.0;
+            if let Some(n) = src.get(frame.1) {
+                frame.1 += 1;
+                frame.2.push(n.clone_shallow());
+                if let Some(children) = n.nodes.as_deref() {
+                    stack.push((children, 0, Vec::with_capacity(children.len())));
+                }
+                continue;
+            }
+            let Some((_, _, done)) = stack.pop() else {
+                break;
+            };
+            let parent = match stack.last_mut() {
+                Some((_, _, out)) => out.last_mut(),
+                None => Some(&mut top),
+            };
+            if let Some(parent) = parent {
+                parent.nodes = Some(done);
+            }
+        }
+        top
+    }
+}
+
+impl Drop for NodeExtern {
+    /// Frees the children with an explicit stack: the default drop recurses once per level.
+    fn drop(&mut self) {
+        let Some(nodes) = self.nodes.take() else {
+            return;
+        };
+        if nodes.iter().all(|n| n.nodes.is_none()) {
+            // The common case: leaves only, whose drops do not go further down.
+            return;
+        }
+        let mut stack = vec![nodes];
+        while let Some(mut list) = stack.pop() {
+            for mut n in list.drain(..) {
+                if let Some(children) = n.nodes.take() {
+                    stack.push(children);
+                }
+                // `n` has no children left: dropping it does not recurse.
             }
         }
     }
@@ -330,9 +418,12 @@ mod tests {
             node: Some(NodeExtern {
                 key: "/1/message".into(),
                 value: Some("Hello world".into()),
+                dir: false,
+                expiration: None,
+                ttl: 0,
+                nodes: None,
                 modified_index: 4,
                 created_index: 4,
-                ..Default::default()
             }),
             prev_node: None,
             etcd_index: 4,

@@ -9,13 +9,17 @@
 //! - the index grows by exactly one per successful change (set, create, update, CAS, delete,
 //!   CAD, each expired key); reads and failures leave it alone;
 //! - every change is recorded in the history and offered to the matching watchers once;
-//! - a node with an expiry is in the TTL index, and only such nodes are.
+//! - a node with an expiry is in the TTL index, and only such nodes are;
+//! - keys may have any number of segments: nothing recurses over the depth of the tree
+//!   (listing, copying, dropping, expiring, deleting, watching, snapshots), and the
+//!   snapshot is a flat stream of one record per node (see `snapshot`).
 //!
 //! Deviations from etcd: snapshots do not carry the event history. As in etcd, children are
 //! unordered (a hash map) and only `sorted=true` listings come out sorted.
 
 mod history;
 mod node;
+mod snapshot;
 mod store;
 mod watcher;
 

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oxcd_api::v2::{Action, Error, ErrorCode, Event, NodeExtern};
-use serde::{Deserialize, Serialize};
 
 use crate::history::EventHistory;
-use crate::node::{join, list_children, Node};
+use crate::node::{list_children, visit_paths, Node};
+use crate::snapshot;
 use crate::watcher::{WatchOutcome, WatchSink, Watcher, WatcherHub, WatcherId};
 use crate::Result;
 
@@ -82,12 +82,6 @@ enum Deferred {
     Removed(Arc<Event>, String),
 }
 
-#[derive(Serialize, Deserialize)]
-struct Saved {
-    index: u64,
-    root: Node,
-}
-
 /// A store's snapshot state, detached from the store (see [`Store::clone_state`]).
 #[derive(Debug, Clone)]
 pub struct SavedState {
@@ -96,13 +90,9 @@ pub struct SavedState {
 }
 
 impl SavedState {
-    /// Encodes it exactly as [`Store::save`] would have.
+    /// Encodes it exactly as [`Store::save`] would have (see [`Store::save`]).
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(&SavedRef {
-            index: self.index,
-            root: &self.root,
-        })
-        .unwrap_or_default()
+        snapshot::encode(self.index, &self.root)
     }
 }
 
@@ -268,19 +258,24 @@ impl Store {
     }
 
     /// Removes the TTL entries of a subtree being deleted and offers the event to the
-    /// watchers of every removed path.
+    /// watchers of every removed path (deepest first, as etcd's post-order removal).
+    ///
+    /// Only watched paths are looked at: the removed subtree may be a chain so deep that
+    /// building (or hashing) each of its paths would cost the square of its depth.
     fn on_removed(&mut self, path: &str, node: &Node, event: &Arc<Event>) {
-        if let Some(children) = &node.children {
-            for (name, child) in children {
-                self.on_removed(&join(path, name), child, event);
+        let ttl = &mut self.ttl;
+        visit_paths(path, node, |path, node| {
+            if let Some(t) = node.expire {
+                ttl.remove(&(t, path.to_string()));
             }
-        }
-        if let Some(t) = node.expire {
-            self.ttl.remove(&(t, path.to_string()));
-        }
-        match &mut self.deferred {
-            Some(held) => held.push(Deferred::Removed(Arc::clone(event), path.to_string())),
-            None => self.hub.notify_watchers(event, path, true),
+        });
+        for watched in self.hub.watched_in_subtree(path, node) {
+            match &mut self.deferred {
+                // A watcher registering before the flush finds the event in the history:
+                // holding back the paths watched now loses nothing.
+                Some(held) => held.push(Deferred::Removed(Arc::clone(event), watched)),
+                None => self.hub.notify_watchers(event, &watched, true),
+            }
         }
     }
 
@@ -640,13 +635,7 @@ impl Store {
         let next = self.index + 1;
         let ev = Event {
             action: Action::Delete,
-            node: Some(NodeExtern {
-                key: path.to_string(),
-                dir: node.is_dir(),
-                modified_index: next,
-                created_index: node.created_index,
-                ..Default::default()
-            }),
+            node: Some(removed_view(&path, node.is_dir(), next, node.created_index)),
             prev_node: Some(node.repr(&path, false, false, now)),
             etcd_index: next,
         };
@@ -694,12 +683,7 @@ impl Store {
         let next = self.index + 1;
         let ev = Event {
             action: Action::CompareAndDelete,
-            node: Some(NodeExtern {
-                key: path.to_string(),
-                modified_index: next,
-                created_index: node.created_index,
-                ..Default::default()
-            }),
+            node: Some(removed_view(&path, false, next, node.created_index)),
             prev_node: Some(node.repr(&path, false, false, now)),
             etcd_index: next,
         };
@@ -767,13 +751,7 @@ impl Store {
             let next = self.index + 1;
             let ev = Event {
                 action: Action::Expire,
-                node: Some(NodeExtern {
-                    key: path.clone(),
-                    dir: node.is_dir(),
-                    modified_index: next,
-                    created_index: node.created_index,
-                    ..Default::default()
-                }),
+                node: Some(removed_view(&path, node.is_dir(), next, node.created_index)),
                 prev_node: Some(node.repr(&path, false, false, cutoff)),
                 etcd_index: next,
             };
@@ -798,25 +776,26 @@ impl Store {
     }
 
     /// The state for a snapshot: index and tree (not watchers, not the history).
+    ///
+    /// A flat encoding, one line per node (format 1, described in the `snapshot` module):
+    /// neither writing nor reading it recurses, whatever the depth of the tree. The bytes
+    /// are UTF-8 text.
     pub fn save(&self) -> Vec<u8> {
-        serde_json::to_vec(&SavedRef {
-            index: self.index,
-            root: &self.root,
-        })
-        .unwrap_or_default()
+        snapshot::encode(self.index, &self.root)
     }
 
-    /// Replaces the state with a snapshot's. Watchers stay registered.
+    /// Replaces the state with a snapshot's (format 1, or the old nested JSON that earlier
+    /// versions wrote). Watchers stay registered. A damaged snapshot is an error and leaves
+    /// the store as it was.
     pub fn recovery(&mut self, state: &[u8]) -> std::result::Result<(), RecoveryError> {
-        let saved: Saved =
-            serde_json::from_slice(state).map_err(|e| RecoveryError(e.to_string()))?;
-        if !saved.root.is_dir() {
+        let (index, root) = snapshot::decode(state).map_err(RecoveryError)?;
+        if !root.is_dir() {
             return Err(RecoveryError("root is not a directory".into()));
         }
         let mut ttl = BTreeSet::new();
-        collect_ttl("/", &saved.root, &mut ttl);
-        self.root = saved.root;
-        self.index = saved.index;
+        collect_ttl("/", &root, &mut ttl);
+        self.root = root;
+        self.index = index;
         self.ttl = ttl;
         self.history = EventHistory::default();
         Ok(())
@@ -837,20 +816,25 @@ impl Store {
     }
 }
 
-#[derive(Serialize)]
-struct SavedRef<'a> {
-    index: u64,
-    root: &'a Node,
+fn collect_ttl(path: &str, node: &Node, out: &mut BTreeSet<(SystemTime, String)>) {
+    visit_paths(path, node, |path, node| {
+        if let Some(t) = node.expire {
+            out.insert((t, path.to_string()));
+        }
+    });
 }
 
-fn collect_ttl(path: &str, node: &Node, out: &mut BTreeSet<(SystemTime, String)>) {
-    if let Some(t) = node.expire {
-        out.insert((t, path.to_string()));
-    }
-    if let Some(children) = &node.children {
-        for (name, child) in children {
-            collect_ttl(&join(path, name), child, out);
-        }
+/// The view of a node that a delete or an expiry leaves (`node` of the event).
+fn removed_view(key: &str, dir: bool, modified_index: u64, created_index: u64) -> NodeExtern {
+    NodeExtern {
+        key: key.to_string(),
+        value: None,
+        dir,
+        expiration: None,
+        ttl: 0,
+        nodes: None,
+        modified_index,
+        created_index,
     }
 }
 

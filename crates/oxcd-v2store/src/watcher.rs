@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use oxcd_api::v2::Event;
 
+use crate::node::Node;
+
 /// Where a watcher's events go (the server wraps a bounded channel).
 pub trait WatchSink: Send + Sync {
     /// Delivers an event; false when the buffer is full or the receiver is gone, which
@@ -101,6 +103,22 @@ impl WatcherHub {
             return;
         }
         let key = event.node.as_ref().map(|n| n.key.as_str()).unwrap_or("");
+        if key.bytes().filter(|&b| b == b'/').count() > self.by_path.len() {
+            // More prefixes than watched paths: test each watched path instead of looking
+            // up each prefix (hashing every prefix of a deep key costs the square of its
+            // length). Shorter first, as below.
+            let mut watched: Vec<String> = self
+                .by_path
+                .keys()
+                .filter(|w| is_segment_prefix(w, key))
+                .cloned()
+                .collect();
+            watched.sort_unstable_by_key(|w| w.len());
+            for w in watched {
+                self.notify_watchers(event, &w, false);
+            }
+            return;
+        }
         self.notify_watchers(event, "/", false);
         // The watched paths are the key's prefixes that end a segment: slices of the key
         // (store keys are clean: rooted, single slashes).
@@ -114,6 +132,52 @@ impl WatcherHub {
             self.notify_watchers(event, &key[..end], false);
         }
     }
+}
+
+impl WatcherHub {
+    /// The watched paths among `path` and the paths below it in `node` (the subtree that
+    /// was at `path`), deepest first (descendants before their ancestors).
+    ///
+    /// Costs a lookup for a key, and for a directory a pass over the watched paths (not
+    /// over the subtree, which may be huge or very deep).
+    pub fn watched_in_subtree(&self, path: &str, node: &Node) -> Vec<String> {
+        if self.by_path.is_empty() {
+            return Vec::new();
+        }
+        if node.children.as_ref().is_none_or(|c| c.is_empty()) {
+            return match self.by_path.contains_key(path) {
+                true => vec![path.to_string()],
+                false => Vec::new(),
+            };
+        }
+        let mut found: Vec<String> = self
+            .by_path
+            .keys()
+            .filter(|w| is_segment_prefix(path, w) && exists_below(node, &w[path.len()..]))
+            .cloned()
+            .collect();
+        found.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        found
+    }
+}
+
+/// Whether `prefix` is `key` or one of its parent directories (`/` is everyone's).
+fn is_segment_prefix(prefix: &str, key: &str) -> bool {
+    prefix == "/"
+        || (key.starts_with(prefix)
+            && (key.len() == prefix.len() || key.as_bytes()[prefix.len()] == b'/'))
+}
+
+/// Whether the relative path `rest` (empty, or `/a/b`) names a node of `node`'s subtree.
+fn exists_below(node: &Node, rest: &str) -> bool {
+    let mut at = node;
+    for seg in rest.split('/').filter(|s| !s.is_empty()) {
+        match at.children.as_ref().and_then(|c| c.get(seg)) {
+            Some(child) => at = child,
+            None => return false,
+        }
+    }
+    true
 }
 
 /// Whether `key_path` is hidden from a watcher of `watch_path` (a `_` segment below it).
