@@ -389,7 +389,7 @@ pub fn members_from_store(
     let now = SystemTime::now();
     let mut members = std::collections::BTreeMap::new();
     if let Ok(ev) = store.get("/0/members", true, true, now) {
-        for m in ev.node.and_then(|n| n.nodes).unwrap_or_default() {
+        for mut m in ev.node.and_then(|mut n| n.nodes.take()).unwrap_or_default() {
             let Some(id) = m
                 .key
                 .rsplit('/')
@@ -404,7 +404,7 @@ pub fn members_from_store(
                 peer_urls: Vec::new(),
                 client_urls: Vec::new(),
             };
-            for attr in m.nodes.unwrap_or_default() {
+            for attr in m.nodes.take().unwrap_or_default() {
                 let v: serde_json::Value = attr
                     .value
                     .as_deref()
@@ -437,7 +437,7 @@ pub fn members_from_store(
     let version = store
         .get("/0/version", false, false, now)
         .ok()
-        .and_then(|ev| ev.node.and_then(|n| n.value))
+        .and_then(|ev| ev.node.and_then(|mut n| n.value.take()))
         .map(|v| v.to_string());
     (members, version)
 }
