@@ -185,7 +185,7 @@ impl NodeExtern {
     /// the open nodes, never by recursion.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let first = self.write_head(out);
-        let Some(nodes) = self.nodes.as_deref() else {
+        let Some(nodes) = self.listed() else {
             self.write_tail(out, first);
             return;
         };
@@ -200,7 +200,7 @@ impl NodeExtern {
                         out.push(b',');
                     }
                     let first = child.write_head(out);
-                    match child.nodes.as_deref() {
+                    match child.listed() {
                         Some(grandchildren) => stack.push((child, grandchildren, 0)),
                         None => child.write_tail(out, first),
                     }
@@ -242,10 +242,15 @@ impl NodeExtern {
             }
             write_u64(out, self.ttl.unsigned_abs());
         }
-        if self.nodes.is_some() {
+        if self.listed().is_some() {
             field(out, &mut first, b"\"nodes\":[");
         }
         first
+    }
+
+    /// The children to write: none for an empty list, as Go's `omitempty` leaves it out.
+    fn listed(&self) -> Option<&[NodeExtern]> {
+        self.nodes.as_deref().filter(|n| !n.is_empty())
     }
 
     /// Writes the fields after the children and `}`.

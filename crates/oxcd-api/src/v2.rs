@@ -223,8 +223,9 @@ pub struct NodeExtern {
     /// Seconds left until expiry (rounded up).
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub ttl: i64,
-    /// Children of a directory, when listed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Children of a directory, when listed. Like Go's `omitempty`, an empty list is not
+    /// written (etcd never sends `"nodes":[]`).
+    #[serde(default, skip_serializing_if = "no_nodes")]
     pub nodes: Option<Vec<NodeExtern>>,
     /// Index of the last change.
     #[serde(rename = "modifiedIndex", default, skip_serializing_if = "is_zero_u64")]
@@ -436,4 +437,9 @@ mod tests {
         let back: Event = serde_json::from_str(&serde_json::to_string(&ev).unwrap()).unwrap();
         assert_eq!(back.node, ev.node);
     }
+}
+
+/// Whether `nodes` is left out of the JSON (Go's `omitempty` on a slice).
+fn no_nodes(nodes: &Option<Vec<NodeExtern>>) -> bool {
+    nodes.as_ref().is_none_or(|n| n.is_empty())
 }

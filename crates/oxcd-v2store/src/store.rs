@@ -787,6 +787,16 @@ impl Store {
     /// Replaces the state with a snapshot's (format 1, or the old nested JSON that earlier
     /// versions wrote). Watchers stay registered. A damaged snapshot is an error and leaves
     /// the store as it was.
+    /// Checks that `state` is a snapshot `recovery` would accept, without touching the store
+    /// (a member refuses a snapshot it cannot read before raft commits to it).
+    pub fn check_snapshot(state: &[u8]) -> std::result::Result<(), RecoveryError> {
+        let (_, root) = snapshot::decode(state).map_err(RecoveryError)?;
+        if !root.is_dir() {
+            return Err(RecoveryError("root is not a directory".into()));
+        }
+        Ok(())
+    }
+
     pub fn recovery(&mut self, state: &[u8]) -> std::result::Result<(), RecoveryError> {
         let (index, root) = snapshot::decode(state).map_err(RecoveryError)?;
         if !root.is_dir() {

@@ -224,10 +224,12 @@ impl Model {
         let index = self.index;
         let e = self.nodes.get_mut(path).expect("walked");
         let prev = e.value.clone();
+        // etcd refuses the node write for a directory (and ignores the error): a directory
+        // keeps its modifiedIndex.
         if !e.dir {
             e.value = value.to_string();
+            e.modified = index;
         }
-        e.modified = index;
         e.expire = expire;
         Some(prev)
     }

@@ -438,11 +438,16 @@ fn follower_watch_sees_every_event_once_in_order_across_leader_change() {
         start + 1
     );
     let total = 60;
+    let (registered_tx, registered) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let resp = oxcd_tests::ureq::get(&url)
             .timeout(Duration::from_secs(60))
             .call()
             .expect("stream watch");
+        // The answer's headers come once the watcher is registered. Writing before that
+        // would let it find the first event in the history, and a stream watch answered from
+        // the history gets only that event (as in etcd).
+        let _ = registered_tx.send(());
         let mut r = std::io::BufReader::new(resp.into_reader());
         let mut events = Vec::new();
         while events.len() < total {
@@ -456,6 +461,9 @@ fn follower_watch_sees_every_event_once_in_order_across_leader_change() {
         }
         events
     });
+    registered
+        .recv_timeout(WAIT)
+        .expect("the stream watch was not registered in time");
     let mut acked = Vec::new();
     for i in 0..total {
         if i == total / 2 {

@@ -190,8 +190,8 @@ pub async fn raft(
             let data = &m.get_snapshot().data;
             // Check the state before raft commits to it: a snapshot we cannot read must be
             // refused here, not discovered half-applied.
-            if serde_json::from_slice::<serde::de::IgnoredAny>(data).is_err() {
-                tracing::error!(%from, bytes = data.len(), "transport: unreadable snapshot refused");
+            if let Err(e) = oxcd_v2store::Store::check_snapshot(data) {
+                tracing::error!(%from, bytes = data.len(), error = %e, "transport: unreadable snapshot refused");
                 return text_error(StatusCode::BAD_REQUEST, "error reading raft snapshot");
             }
             tracing::info!(
