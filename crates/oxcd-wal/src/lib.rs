@@ -29,10 +29,13 @@
 
 mod direct;
 pub mod failpoint;
+mod fsutil;
 mod record;
 mod snap;
+mod torn;
 mod wal;
 
+pub use fsutil::{create_dir_all_durable, fsync_dir};
 pub use record::{Entry, EntryRef, HardState, SnapshotMarker};
 pub use snap::{Snapshot, Snapshotter};
 pub use wal::{dump, Wal, WalContents, DEFAULT_SEGMENT_SIZE};

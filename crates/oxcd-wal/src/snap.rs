@@ -3,11 +3,18 @@
 //! Format: `crc32c u32 | term u64 | index u64 | voters (u32 count, u64 each) |
 //! learners (same) | data (u32 length, bytes)`, little-endian; the CRC covers everything
 //! after it. A file that fails its check is renamed `.broken` and the next older one is used.
+//!
+//! A snapshot is written to `{name}.tmp`, synced, renamed into place and the directory
+//! synced; a crash before the rename leaves the `.tmp`, which [`Snapshotter::open`] removes.
+//! Its WAL marker is written after the file: until that marker is synced the snapshot is
+//! not the one a restart uses, so [`Snapshotter::purge`] keeps the newest snapshot whose
+//! marker is durable and everything newer.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::fsutil::{create_dir_all_durable, fsync_dir};
 use crate::record::Reader;
 use crate::{io_err, Result};
 
@@ -105,11 +112,35 @@ pub struct Snapshotter {
 }
 
 impl Snapshotter {
-    /// Snapshots in `dir` (created if missing on first save).
+    /// Snapshots in `dir` (created if missing on first save). Touches nothing on disk: for
+    /// readers such as the dump tool; a server opens with [`Snapshotter::open`].
     pub fn new(dir: &Path) -> Snapshotter {
         Snapshotter {
             dir: dir.to_path_buf(),
         }
+    }
+
+    /// Opens the snapshot directory of a starting member: creates `dir` durably if missing,
+    /// and removes the `*.snap.tmp` files a crash before a snapshot's rename left (never
+    /// renamed into place, so never a snapshot), syncing the directory after. Returns the
+    /// removed files, to log. Call it before any snapshot is saved: a `.tmp` being written
+    /// at the time would be removed.
+    pub fn open(dir: &Path) -> Result<(Snapshotter, Vec<PathBuf>)> {
+        create_dir_all_durable(dir)?;
+        let ctx = || format!("read dir {}", dir.display());
+        let mut removed = Vec::new();
+        for ent in fs::read_dir(dir).map_err(io_err(ctx()))? {
+            let ent = ent.map_err(io_err(ctx()))?;
+            if ent.file_name().to_string_lossy().ends_with(".snap.tmp") {
+                let path = ent.path();
+                fs::remove_file(&path).map_err(io_err(format!("remove {}", path.display())))?;
+                removed.push(path);
+            }
+        }
+        if !removed.is_empty() {
+            fsync_dir(dir)?;
+        }
+        Ok((Snapshotter::new(dir), removed))
     }
 
     fn names(&self) -> Vec<(u64, u64, PathBuf)> {
@@ -134,7 +165,7 @@ impl Snapshotter {
 
     /// Writes a snapshot atomically: temp file, fsync, rename, directory fsync.
     pub fn save(&self, s: &Snapshot) -> Result<PathBuf> {
-        fs::create_dir_all(&self.dir).map_err(io_err(format!("create {}", self.dir.display())))?;
+        create_dir_all_durable(&self.dir)?;
         let name = format!("{:016x}-{:016x}.snap", s.term, s.index);
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}.tmp"));
@@ -144,9 +175,7 @@ impl Snapshotter {
             .map_err(io_err(format!("write {}", tmp.display())))?;
         crate::failpoint::hit("snap_file_before_rename");
         fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", tmp.display())))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(format!("sync {}", self.dir.display())))?;
+        fsync_dir(&self.dir)?;
         Ok(path)
     }
 
@@ -156,7 +185,9 @@ impl Snapshotter {
             match fs::read(&path).ok().and_then(decode) {
                 Some(s) => return Some(s),
                 None => {
-                    let _ = fs::rename(&path, path.with_extension("snap.broken"));
+                    if fs::rename(&path, path.with_extension("snap.broken")).is_ok() {
+                        let _ = fsync_dir(&self.dir);
+                    }
                 }
             }
         }
@@ -191,17 +222,27 @@ impl Snapshotter {
         Self::load_file(&self.dir.join(format!("{term:016x}-{index:016x}.snap")))
     }
 
-    /// Deletes the oldest snapshots while more than `max` remain (0 = keep all).
-    pub fn purge(&self, max: usize) -> usize {
+    /// Deletes the oldest snapshots while more than `max` remain (0 = keep all), but only
+    /// those older than `durable_index`: the index of the newest snapshot whose WAL marker
+    /// is synced ([`crate::Wal::durable_snapshot_index`]). That snapshot is the one a
+    /// restart falls back to while a newer one's marker is not yet on disk, so it and every
+    /// newer file stay even beyond `max`. Returns how many were removed; the directory is
+    /// synced after removing any.
+    pub fn purge(&self, max: usize, durable_index: u64) -> usize {
         let names = self.names();
         if max == 0 || names.len() <= max {
             return 0;
         }
         let extra = names.len() - max;
-        names[..extra]
+        let removed = names[..extra]
             .iter()
+            .filter(|(index, _, _)| *index < durable_index)
             .filter(|(_, _, p)| fs::remove_file(p).is_ok())
-            .count()
+            .count();
+        if removed > 0 {
+            let _ = fsync_dir(&self.dir);
+        }
+        removed
     }
 }
 
@@ -269,7 +310,7 @@ mod tests {
             })
             .unwrap();
         }
-        assert_eq!(sn.purge(3), 3);
+        assert_eq!(sn.purge(3, 44), 3);
         assert_eq!(sn.load_newest().unwrap().index, 44);
         let _ = fs::remove_dir_all(&d);
     }
