@@ -7,6 +7,18 @@ use std::path::{Path, PathBuf};
 
 use crate::{io_err, Result};
 
+#[cfg(test)]
+thread_local! {
+    /// Every directory this thread fsynced, for the tests.
+    static SYNCED: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The directories this thread fsynced since the last call (tests only).
+#[cfg(test)]
+pub(crate) fn take_synced() -> Vec<PathBuf> {
+    SYNCED.with(|s| std::mem::take(&mut *s.borrow_mut()))
+}
+
 /// The directory a relative single-component path lives in (`"."` for `"wal"`).
 fn parent_of(path: &Path) -> PathBuf {
     match path.parent() {
@@ -21,6 +33,8 @@ fn parent_of(path: &Path) -> PathBuf {
 /// The server calls it for directories it changes itself, e.g. the data dir after creating
 /// `member/`; this crate syncs the WAL and snapshot directories it changes.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
+    #[cfg(test)]
+    SYNCED.with(|s| s.borrow_mut().push(dir.to_path_buf()));
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(format!("sync dir {}", dir.display())))
@@ -85,8 +99,14 @@ mod tests {
         let _ = fs::remove_dir_all(&base);
         fs::create_dir_all(&base).unwrap();
         let deep = base.join("a/b/c");
+        take_synced();
         let made = create_dir_all_durable(&deep).unwrap();
         assert_eq!(made, vec![base.join("a"), base.join("a/b"), deep.clone()]);
+        assert_eq!(
+            take_synced(),
+            vec![base.clone(), base.join("a"), base.join("a/b")],
+            "each new directory's parent"
+        );
         assert!(deep.is_dir());
         assert!(
             create_dir_all_durable(&deep).unwrap().is_empty(),

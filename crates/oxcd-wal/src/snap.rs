@@ -250,6 +250,78 @@ impl Snapshotter {
 mod tests {
     use super::*;
 
+    fn snap(index: u64) -> Snapshot {
+        Snapshot {
+            term: 1,
+            index,
+            voters: vec![1],
+            learners: vec![],
+            data: format!("state at {index}").into_bytes(),
+        }
+    }
+
+    fn tmp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("oxcd-snap-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn purge_keeps_the_durable_snapshot_and_everything_newer() {
+        // --max-snapshots 1: snapshot 20's file is written, its WAL marker is not yet
+        // synced. A purge then must not take 10, the snapshot a restart would use.
+        let d = tmp_dir("purge-order");
+        let sn = Snapshotter::new(&d);
+        sn.save(&snap(10)).unwrap();
+        sn.save(&snap(20)).unwrap();
+        assert_eq!(sn.purge(1, 10), 0);
+        assert_eq!(sn.newest_first().len(), 2);
+        // Marker for 20 synced: now 10 may go.
+        crate::fsutil::take_synced();
+        assert_eq!(sn.purge(1, 20), 1);
+        assert_eq!(crate::fsutil::take_synced(), vec![d.clone()]);
+        let left: Vec<u64> = sn.newest_first().iter().map(|n| n.0).collect();
+        assert_eq!(left, vec![20]);
+        // Newer than the durable one, beyond the limit: kept all the same.
+        sn.save(&snap(30)).unwrap();
+        sn.save(&snap(40)).unwrap();
+        assert_eq!(sn.purge(1, 20), 0);
+        assert_eq!(sn.purge(1, 40), 2);
+        assert_eq!(sn.load_newest().unwrap().index, 40);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn save_syncs_every_new_directory_and_the_snap_dir() {
+        let base = tmp_dir("dirs");
+        fs::create_dir_all(&base).unwrap();
+        let d = base.join("member/snap");
+        crate::fsutil::take_synced();
+        Snapshotter::new(&d).save(&snap(5)).unwrap();
+        let synced = crate::fsutil::take_synced();
+        assert_eq!(synced, vec![base.clone(), base.join("member"), d.clone()]);
+        let _ = fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn open_removes_leftover_temporaries_and_reports_them() {
+        let d = tmp_dir("tmp");
+        let sn = Snapshotter::new(&d);
+        let kept = sn.save(&snap(7)).unwrap();
+        // A crash before the rename leaves the temporary file.
+        let tmp = d.join(format!("{:016x}-{:016x}.snap.tmp", 1, 9));
+        fs::write(&tmp, b"half a snapshot").unwrap();
+        let (sn, removed) = Snapshotter::open(&d).unwrap();
+        assert_eq!(removed, vec![tmp.clone()]);
+        assert!(!tmp.exists() && kept.exists());
+        assert_eq!(sn.load_newest().unwrap().index, 7);
+        assert!(Snapshotter::open(&d).unwrap().1.is_empty());
+        // A missing directory is created.
+        let (_, removed) = Snapshotter::open(&d.join("sub")).unwrap();
+        assert!(removed.is_empty() && d.join("sub").is_dir());
+        let _ = fs::remove_dir_all(&d);
+    }
+
     #[test]
     fn encoding_round_trips_and_detects_damage() {
         let s = Snapshot {

@@ -1091,9 +1091,88 @@ mod tests {
             b[from..sector + 512].copy_from_slice(&bytes[from..sector + 512]);
             check(&b, &format!("only sector {sector} written"));
         }
-        for cut in start..end {
+        // (Every offset of one record: torn_tail_at_every_offset_is_repaired.)
+        for cut in (start..end).step_by(7) {
             check(&bytes[..cut], &format!("file cut at {cut}"));
         }
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn directories_are_synced_on_create_cut_and_purge() {
+        use crate::fsutil::take_synced;
+        let base = dir("dirsync");
+        fs::create_dir_all(&base).unwrap();
+        let d = base.join("x/y/wal");
+        take_synced();
+        let mut w = Wal::create(&d, b"m", 200).unwrap();
+        let synced = take_synced();
+        for want in [base.clone(), base.join("x"), base.join("x/y")] {
+            assert!(
+                synced.contains(&want),
+                "{} not synced: {synced:?}",
+                want.display()
+            );
+        }
+        w.save(Some(&hs(1)), &[entry(1, 1)]).unwrap();
+        for i in 2..=30 {
+            w.save(Some(&hs(i)), &[entry(i, 1)]).unwrap();
+        }
+        assert!(w.seq > 2);
+        assert!(take_synced().iter().filter(|p| **p == d).count() as u64 >= w.seq);
+        w.save_snapshot(SnapshotMarker { index: 25, term: 1 })
+            .unwrap();
+        assert!(w.purge(25, 2).unwrap() > 0);
+        assert_eq!(take_synced(), vec![d.clone()], "after removing segments");
+        let _ = fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn open_removes_leftover_temporary_segments_and_reports_them() {
+        let d = dir("tmpfiles");
+        write_saves(&d, 3, SEG);
+        // A crash during a cut leaves the next segment, preallocated, under a .tmp name.
+        let tmp = d.join(format!("{}.tmp", file_name(1, 4)));
+        fs::write(&tmp, vec![0u8; SEG as usize]).unwrap();
+        let other = d.join("notes.tmp");
+        fs::write(&other, b"not ours").unwrap();
+        crate::fsutil::take_synced();
+        let (_, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
+        assert_eq!(c.removed_temporaries, vec![tmp.clone()]);
+        assert!(!tmp.exists());
+        assert!(other.exists(), "only our own temporaries go");
+        assert!(crate::fsutil::take_synced().contains(&d));
+        assert_eq!(c.entries.len(), 3);
+        let (_, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
+        assert!(c.removed_temporaries.is_empty());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn durable_snapshot_index_tracks_synced_markers_and_caps_purge() {
+        let d = dir("durable-snap");
+        let mut w = Wal::create(&d, b"m", 200).unwrap();
+        assert_eq!(w.durable_snapshot_index(), 0);
+        for i in 1..=50 {
+            w.save(Some(&hs(i)), &[entry(i, 1)]).unwrap();
+        }
+        let files = list(&d).unwrap().len();
+        // No marker synced yet: whatever index the caller names, nothing goes.
+        assert_eq!(w.purge(40, 1).unwrap(), 0);
+        w.save_snapshot(SnapshotMarker { index: 20, term: 1 })
+            .unwrap();
+        assert_eq!(w.durable_snapshot_index(), 20);
+        // Capped at 20: files holding entries after 20 stay.
+        w.purge(40, 1).unwrap();
+        let left = list(&d).unwrap();
+        assert!(left.len() < files);
+        assert!(
+            left[0].1 <= 21,
+            "every entry after the snapshot at 20 is kept"
+        );
+        drop(w);
+        let (w, _) = Wal::open(&d, SnapshotMarker { index: 20, term: 1 }, 200).unwrap();
+        assert_eq!(w.durable_snapshot_index(), 20, "the snapshot opened at");
         let _ = fs::remove_dir_all(&d);
     }
 
