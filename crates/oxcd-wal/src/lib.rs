@@ -30,6 +30,8 @@
 mod direct;
 pub mod failpoint;
 mod fsutil;
+#[cfg(test)]
+mod proptests;
 mod record;
 mod snap;
 mod torn;

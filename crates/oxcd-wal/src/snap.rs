@@ -66,7 +66,7 @@ fn write_encoded(s: &Snapshot, out: &mut impl Write) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-fn encode(s: &Snapshot) -> Vec<u8> {
+pub(crate) fn encode(s: &Snapshot) -> Vec<u8> {
     let mut out = Vec::new();
     write_encoded(s, &mut out).expect("writing to memory");
     out
@@ -74,7 +74,7 @@ fn encode(s: &Snapshot) -> Vec<u8> {
 
 /// Decodes a whole file, reusing its buffer for the data (no second copy of a state that
 /// can be as large as the store).
-fn decode(mut b: Vec<u8>) -> Option<Snapshot> {
+pub(crate) fn decode(mut b: Vec<u8>) -> Option<Snapshot> {
     let mut r = Reader(&b);
     let crc = r.u32()?;
     if crc32c::crc32c(r.0) != crc {

@@ -336,7 +336,7 @@ impl Wal {
         let mut found_snap = snap.index == 0;
         let mut last_len = 0u64;
         let mut cut_at = None;
-        for (i, (_, _, path)) in selected.iter().enumerate() {
+        for (i, &(seq, _, ref path)) in selected.iter().enumerate() {
             let is_last = i + 1 == selected.len();
             let mut data = Vec::new();
             File::open(path)
@@ -369,7 +369,12 @@ impl Wal {
                     if off != 0 {
                         return Err(corrupt(off, "crc record inside a file"));
                     }
-                    let Some(prev) = record::Reader(payload).u32().filter(|_| len == 4) else {
+                    // Its header carries the same value as its payload (the chain so far;
+                    // 0 before the first file).
+                    let Some(prev) = record::Reader(payload)
+                        .u32()
+                        .filter(|&prev| len == 4 && prev == rec_crc && (seq > 0 || prev == 0))
+                    else {
                         damage = Some((off, "bad crc record"));
                         break;
                     };
@@ -713,6 +718,20 @@ impl Wal {
     pub fn last_index(&self) -> u64 {
         self.last_index
     }
+}
+
+/// The segment being written and the end of its records (tests only).
+#[cfg(test)]
+impl Wal {
+    pub(crate) fn test_position(&self) -> (u64, usize) {
+        (self.seq, self.size as usize)
+    }
+}
+
+/// The segment files of `dir`, by seq (tests only).
+#[cfg(test)]
+pub(crate) fn test_files(dir: &Path) -> Vec<PathBuf> {
+    list(dir).unwrap().into_iter().map(|f| f.2).collect()
 }
 
 #[cfg(test)]
