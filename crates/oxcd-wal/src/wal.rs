@@ -313,8 +313,15 @@ impl Wal {
         })
     }
 
-    /// Reads the WAL from the snapshot marker `snap` on, repairs a torn tail of the last
-    /// file, and returns the WAL switched to append mode with what it held.
+    /// Reads the WAL from the snapshot marker `snap` on and returns the WAL switched to
+    /// append mode with what it held.
+    ///
+    /// A damaged last file is cut at its last good record only when the damage is provably
+    /// a torn final write ([`WalContents::repaired`] says where); any other bad record is
+    /// [`Error::Corrupt`] with its file and offset, and nothing is changed on disk. On
+    /// success the last file is synced (what was read may have been only in the page cache
+    /// of a process that died) and leftover `*.wal.tmp` segments are removed
+    /// ([`WalContents::removed_temporaries`]).
     pub fn open(dir: &Path, snap: SnapshotMarker, segment_size: u64) -> Result<(Wal, WalContents)> {
         let files = list(dir)?;
         if files.is_empty() {
