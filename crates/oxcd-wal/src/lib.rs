@@ -23,16 +23,39 @@
 //! - `save` writes all records of one raft Ready with one `write` and one `fdatasync` (none
 //!   when only the commit index changed: a lost commit index is learned again); where the
 //!   file system offers direct I/O the two are one `O_DIRECT | O_DSYNC` write;
-//! - a record is acknowledged only after it is synced; a crash can only tear the tail of the
-//!   last file, which `open` truncates at the last good record and reports;
-//! - a bad record anywhere else is corruption: `open` refuses with the file and offset.
+//! - a record is acknowledged only after it is synced; a crash can only tear the writes
+//!   after the last sync, at the tail of the last file. `open` cuts a damaged tail off at
+//!   the last good record (and reports it in [`WalContents::repaired`]) only when it is
+//!   provably such a torn write: the damage is whole unwritten sectors or a file cut short,
+//!   and no intact record of a later write follows a synced one after it (the rule and its
+//!   limits are in `torn.rs`);
+//! - a bad record anywhere else is corruption: `open` refuses with [`Error::Corrupt`],
+//!   naming the file and the offset of the first bad record. So does a flipped bit
+//!   anywhere, a length field included;
+//! - a file's name is durable only once its directory is synced: the WAL directory is
+//!   synced after the WAL is created, after every cut and after a purge, the snapshot
+//!   directory after a snapshot's rename and after a purge, and every directory this crate
+//!   creates is synced into its parent. The server does the same for the directories it
+//!   makes with [`create_dir_all_durable`] and [`fsync_dir`];
+//! - a crash can leave temporaries (`*.wal.tmp`: a preallocated segment of a cut that was
+//!   not renamed yet; `*.snap.tmp`: a snapshot not renamed yet). They are never part of
+//!   the state: [`Wal::open`] and [`Snapshotter::open`] remove them and return the list
+//!   ([`WalContents::removed_temporaries`]) for the server to log;
+//! - a snapshot file is written before its WAL marker, and only the newest snapshot whose
+//!   marker is synced ([`Wal::durable_snapshot_index`]) is one a restart can use: purges
+//!   ([`Snapshotter::purge`], [`Wal::purge`]) never remove it or anything newer.
 
 mod direct;
 pub mod failpoint;
+mod fsutil;
+#[cfg(test)]
+mod proptests;
 mod record;
 mod snap;
+mod torn;
 mod wal;
 
+pub use fsutil::{create_dir_all_durable, fsync_dir};
 pub use record::{Entry, EntryRef, HardState, SnapshotMarker};
 pub use snap::{Snapshot, Snapshotter};
 pub use wal::{dump, Wal, WalContents, DEFAULT_SEGMENT_SIZE};

@@ -3,11 +3,18 @@
 //! Format: `crc32c u32 | term u64 | index u64 | voters (u32 count, u64 each) |
 //! learners (same) | data (u32 length, bytes)`, little-endian; the CRC covers everything
 //! after it. A file that fails its check is renamed `.broken` and the next older one is used.
+//!
+//! A snapshot is written to `{name}.tmp`, synced, renamed into place and the directory
+//! synced; a crash before the rename leaves the `.tmp`, which [`Snapshotter::open`] removes.
+//! Its WAL marker is written after the file: until that marker is synced the snapshot is
+//! not the one a restart uses, so [`Snapshotter::purge`] keeps the newest snapshot whose
+//! marker is durable and everything newer.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::fsutil::{create_dir_all_durable, fsync_dir};
 use crate::record::Reader;
 use crate::{io_err, Result};
 
@@ -59,7 +66,7 @@ fn write_encoded(s: &Snapshot, out: &mut impl Write) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-fn encode(s: &Snapshot) -> Vec<u8> {
+pub(crate) fn encode(s: &Snapshot) -> Vec<u8> {
     let mut out = Vec::new();
     write_encoded(s, &mut out).expect("writing to memory");
     out
@@ -67,7 +74,7 @@ fn encode(s: &Snapshot) -> Vec<u8> {
 
 /// Decodes a whole file, reusing its buffer for the data (no second copy of a state that
 /// can be as large as the store).
-fn decode(mut b: Vec<u8>) -> Option<Snapshot> {
+pub(crate) fn decode(mut b: Vec<u8>) -> Option<Snapshot> {
     let mut r = Reader(&b);
     let crc = r.u32()?;
     if crc32c::crc32c(r.0) != crc {
@@ -105,11 +112,35 @@ pub struct Snapshotter {
 }
 
 impl Snapshotter {
-    /// Snapshots in `dir` (created if missing on first save).
+    /// Snapshots in `dir` (created if missing on first save). Touches nothing on disk: for
+    /// readers such as the dump tool; a server opens with [`Snapshotter::open`].
     pub fn new(dir: &Path) -> Snapshotter {
         Snapshotter {
             dir: dir.to_path_buf(),
         }
+    }
+
+    /// Opens the snapshot directory of a starting member: creates `dir` durably if missing,
+    /// and removes the `*.snap.tmp` files a crash before a snapshot's rename left (never
+    /// renamed into place, so never a snapshot), syncing the directory after. Returns the
+    /// removed files, to log. Call it before any snapshot is saved: a `.tmp` being written
+    /// at the time would be removed.
+    pub fn open(dir: &Path) -> Result<(Snapshotter, Vec<PathBuf>)> {
+        create_dir_all_durable(dir)?;
+        let ctx = || format!("read dir {}", dir.display());
+        let mut removed = Vec::new();
+        for ent in fs::read_dir(dir).map_err(io_err(ctx()))? {
+            let ent = ent.map_err(io_err(ctx()))?;
+            if ent.file_name().to_string_lossy().ends_with(".snap.tmp") {
+                let path = ent.path();
+                fs::remove_file(&path).map_err(io_err(format!("remove {}", path.display())))?;
+                removed.push(path);
+            }
+        }
+        if !removed.is_empty() {
+            fsync_dir(dir)?;
+        }
+        Ok((Snapshotter::new(dir), removed))
     }
 
     fn names(&self) -> Vec<(u64, u64, PathBuf)> {
@@ -134,7 +165,7 @@ impl Snapshotter {
 
     /// Writes a snapshot atomically: temp file, fsync, rename, directory fsync.
     pub fn save(&self, s: &Snapshot) -> Result<PathBuf> {
-        fs::create_dir_all(&self.dir).map_err(io_err(format!("create {}", self.dir.display())))?;
+        create_dir_all_durable(&self.dir)?;
         let name = format!("{:016x}-{:016x}.snap", s.term, s.index);
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}.tmp"));
@@ -144,9 +175,7 @@ impl Snapshotter {
             .map_err(io_err(format!("write {}", tmp.display())))?;
         crate::failpoint::hit("snap_file_before_rename");
         fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", tmp.display())))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(format!("sync {}", self.dir.display())))?;
+        fsync_dir(&self.dir)?;
         Ok(path)
     }
 
@@ -156,7 +185,9 @@ impl Snapshotter {
             match fs::read(&path).ok().and_then(decode) {
                 Some(s) => return Some(s),
                 None => {
-                    let _ = fs::rename(&path, path.with_extension("snap.broken"));
+                    if fs::rename(&path, path.with_extension("snap.broken")).is_ok() {
+                        let _ = fsync_dir(&self.dir);
+                    }
                 }
             }
         }
@@ -191,23 +222,105 @@ impl Snapshotter {
         Self::load_file(&self.dir.join(format!("{term:016x}-{index:016x}.snap")))
     }
 
-    /// Deletes the oldest snapshots while more than `max` remain (0 = keep all).
-    pub fn purge(&self, max: usize) -> usize {
+    /// Deletes the oldest snapshots while more than `max` remain (0 = keep all), but only
+    /// those older than `durable_index`: the index of the newest snapshot whose WAL marker
+    /// is synced ([`crate::Wal::durable_snapshot_index`]). That snapshot is the one a
+    /// restart falls back to while a newer one's marker is not yet on disk, so it and every
+    /// newer file stay even beyond `max`. Returns how many were removed; the directory is
+    /// synced after removing any.
+    pub fn purge(&self, max: usize, durable_index: u64) -> usize {
         let names = self.names();
         if max == 0 || names.len() <= max {
             return 0;
         }
         let extra = names.len() - max;
-        names[..extra]
+        let removed = names[..extra]
             .iter()
+            .filter(|(index, _, _)| *index < durable_index)
             .filter(|(_, _, p)| fs::remove_file(p).is_ok())
-            .count()
+            .count();
+        if removed > 0 {
+            let _ = fsync_dir(&self.dir);
+        }
+        removed
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn snap(index: u64) -> Snapshot {
+        Snapshot {
+            term: 1,
+            index,
+            voters: vec![1],
+            learners: vec![],
+            data: format!("state at {index}").into_bytes(),
+        }
+    }
+
+    fn tmp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("oxcd-snap-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn purge_keeps_the_durable_snapshot_and_everything_newer() {
+        // --max-snapshots 1: snapshot 20's file is written, its WAL marker is not yet
+        // synced. A purge then must not take 10, the snapshot a restart would use.
+        let d = tmp_dir("purge-order");
+        let sn = Snapshotter::new(&d);
+        sn.save(&snap(10)).unwrap();
+        sn.save(&snap(20)).unwrap();
+        assert_eq!(sn.purge(1, 10), 0);
+        assert_eq!(sn.newest_first().len(), 2);
+        // Marker for 20 synced: now 10 may go.
+        crate::fsutil::take_synced();
+        assert_eq!(sn.purge(1, 20), 1);
+        assert_eq!(crate::fsutil::take_synced(), vec![d.clone()]);
+        let left: Vec<u64> = sn.newest_first().iter().map(|n| n.0).collect();
+        assert_eq!(left, vec![20]);
+        // Newer than the durable one, beyond the limit: kept all the same.
+        sn.save(&snap(30)).unwrap();
+        sn.save(&snap(40)).unwrap();
+        assert_eq!(sn.purge(1, 20), 0);
+        assert_eq!(sn.purge(1, 40), 2);
+        assert_eq!(sn.load_newest().unwrap().index, 40);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn save_syncs_every_new_directory_and_the_snap_dir() {
+        let base = tmp_dir("dirs");
+        fs::create_dir_all(&base).unwrap();
+        let d = base.join("member/snap");
+        crate::fsutil::take_synced();
+        Snapshotter::new(&d).save(&snap(5)).unwrap();
+        let synced = crate::fsutil::take_synced();
+        assert_eq!(synced, vec![base.clone(), base.join("member"), d.clone()]);
+        let _ = fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn open_removes_leftover_temporaries_and_reports_them() {
+        let d = tmp_dir("tmp");
+        let sn = Snapshotter::new(&d);
+        let kept = sn.save(&snap(7)).unwrap();
+        // A crash before the rename leaves the temporary file.
+        let tmp = d.join(format!("{:016x}-{:016x}.snap.tmp", 1, 9));
+        fs::write(&tmp, b"half a snapshot").unwrap();
+        let (sn, removed) = Snapshotter::open(&d).unwrap();
+        assert_eq!(removed, vec![tmp.clone()]);
+        assert!(!tmp.exists() && kept.exists());
+        assert_eq!(sn.load_newest().unwrap().index, 7);
+        assert!(Snapshotter::open(&d).unwrap().1.is_empty());
+        // A missing directory is created.
+        let (_, removed) = Snapshotter::open(&d.join("sub")).unwrap();
+        assert!(removed.is_empty() && d.join("sub").is_dir());
+        let _ = fs::remove_dir_all(&d);
+    }
 
     #[test]
     fn encoding_round_trips_and_detects_damage() {
@@ -269,7 +382,7 @@ mod tests {
             })
             .unwrap();
         }
-        assert_eq!(sn.purge(3), 3);
+        assert_eq!(sn.purge(3, 44), 3);
         assert_eq!(sn.load_newest().unwrap().index, 44);
         let _ = fs::remove_dir_all(&d);
     }

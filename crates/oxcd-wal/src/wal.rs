@@ -24,13 +24,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::direct::{DirectWriter, BLOCK};
+use crate::fsutil::{create_dir_all_durable, fsync_dir, fsync_parent};
 use crate::record::{self, Entry, EntryRef, HardState, SnapshotMarker};
+use crate::torn::{self, HEADER};
 use crate::{io_err, Error, Result};
 
 /// Cut to a new file once the current one passes this size (etcd: 64 MB).
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
-/// Record header: len u32, type u8, crc u32.
-const HEADER: usize = 9;
 /// How far ahead of the records the segment is written with zeros (see the module doc).
 const ZERO_AHEAD: u64 = 64 * 1024;
 
@@ -43,8 +43,11 @@ pub struct WalContents {
     pub hard_state: HardState,
     /// Entries after the snapshot index, later writes winning over earlier ones.
     pub entries: Vec<Entry>,
-    /// Where a torn tail was cut off, if one was (to log).
+    /// Where a torn tail was cut off, if one was (to log): the file, the offset and why.
     pub repaired: Option<String>,
+    /// Leftover temporary segments (`*.wal.tmp`, from a crash during a cut) that `open`
+    /// removed, to log.
+    pub removed_temporaries: Vec<PathBuf>,
 }
 
 /// A WAL open for appending.
@@ -70,6 +73,9 @@ pub struct Wal {
     try_direct: bool,
     /// Why direct writes were turned off, until the caller takes it (to log).
     direct_failure: Option<std::io::Error>,
+    /// Index of the newest snapshot whose marker is durable in this log: the one it was
+    /// opened at, or a later one saved (and synced) since.
+    snapshot_index: u64,
 }
 
 fn file_name(seq: u64, index: u64) -> String {
@@ -106,18 +112,29 @@ fn list(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
     Ok(out)
 }
 
-/// Whether `data[start..end]` holds a whole 512-byte disk sector (aligned to the file) of
-/// zeros: the sign of a write the disk only partly completed.
-fn has_zero_sector(data: &[u8], start: usize, end: usize) -> bool {
-    const SECTOR: usize = 512;
-    let mut at = start.div_ceil(SECTOR) * SECTOR;
-    while at + SECTOR <= end {
-        if data[at..at + SECTOR].iter().all(|&b| b == 0) {
-            return true;
+/// Removes the `*.wal.tmp` segments a crash during a cut left in `dir` (never renamed into
+/// place, so never part of the log), then syncs the directory. Returns what it removed.
+fn remove_temporaries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let ctx = || format!("read dir {}", dir.display());
+    let mut removed = Vec::new();
+    for ent in fs::read_dir(dir).map_err(io_err(ctx()))? {
+        let ent = ent.map_err(io_err(ctx()))?;
+        let name = ent.file_name();
+        let is_tmp = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(parse_name)
+            .is_some();
+        if is_tmp {
+            let path = ent.path();
+            fs::remove_file(&path).map_err(io_err(format!("remove {}", path.display())))?;
+            removed.push(path);
         }
-        at += SECTOR;
     }
-    false
+    if !removed.is_empty() {
+        fsync_dir(dir)?;
+    }
+    Ok(removed)
 }
 
 /// Opens a segment for writing and extends it to `segment_size` (never shrinks it).
@@ -144,12 +161,6 @@ fn open_direct(path: &Path, size: u64, segment_size: u64) -> Option<DirectWriter
         return None;
     }
     DirectWriter::open(path, size).ok()
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(format!("sync dir {}", dir.display())))
 }
 
 fn push_record(buf: &mut Vec<u8>, crc: &mut u32, typ: u8, payload: &[u8]) {
@@ -256,9 +267,14 @@ impl Wal {
         if Self::exists(dir) {
             return Err(Error::Exists(dir.display().to_string()));
         }
+        // The directory the WAL goes into, durably (each new component synced into its
+        // parent); the WAL itself is built beside it and renamed into place.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            create_dir_all_durable(parent)?;
+        }
         let tmp = dir.with_extension("tmp");
         let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+        fs::create_dir(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
         let name = file_name(0, 0);
         let mut crc = 0;
         let mut buf = file_head(&mut crc, metadata, &HardState::default());
@@ -270,12 +286,10 @@ impl Wal {
         f.write_all(&buf)
             .and_then(|_| f.sync_all())
             .map_err(io_err(format!("write {}", path.display())))?;
-        sync_dir(&tmp)?;
+        fsync_dir(&tmp)?;
         let _ = fs::remove_dir(dir); // an empty directory may stand where the WAL goes
         fs::rename(&tmp, dir).map_err(io_err(format!("rename {} into place", tmp.display())))?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
+        fsync_parent(dir)?;
         let path = dir.join(&name);
         let file = open_preallocated(&path, segment_size)?;
         Ok(Wal {
@@ -295,11 +309,19 @@ impl Wal {
             direct: open_direct(&path, buf.len() as u64, segment_size),
             try_direct: true,
             direct_failure: None,
+            snapshot_index: 0,
         })
     }
 
-    /// Reads the WAL from the snapshot marker `snap` on, repairs a torn tail of the last
-    /// file, and returns the WAL switched to append mode with what it held.
+    /// Reads the WAL from the snapshot marker `snap` on and returns the WAL switched to
+    /// append mode with what it held.
+    ///
+    /// A damaged last file is cut at its last good record only when the damage is provably
+    /// a torn final write ([`WalContents::repaired`] says where); any other bad record is
+    /// [`Error::Corrupt`] with its file and offset, and nothing is changed on disk. On
+    /// success the last file is synced (what was read may have been only in the page cache
+    /// of a process that died) and leftover `*.wal.tmp` segments are removed
+    /// ([`WalContents::removed_temporaries`]).
     pub fn open(dir: &Path, snap: SnapshotMarker, segment_size: u64) -> Result<(Wal, WalContents)> {
         let files = list(dir)?;
         if files.is_empty() {
@@ -320,7 +342,8 @@ impl Wal {
         let mut crc: Option<u32> = None;
         let mut found_snap = snap.index == 0;
         let mut last_len = 0u64;
-        for (i, (_, _, path)) in selected.iter().enumerate() {
+        let mut cut_at = None;
+        for (i, &(seq, _, ref path)) in selected.iter().enumerate() {
             let is_last = i + 1 == selected.len();
             let mut data = Vec::new();
             File::open(path)
@@ -332,29 +355,35 @@ impl Wal {
                 reason: reason.to_string(),
             };
             let mut off = 0usize;
-            let mut torn_at: Option<usize> = None;
+            // The first record that fails its header or CRC check, and why.
+            let mut damage: Option<(usize, &str)> = None;
+            // Intact records before it, and the type of the last one.
+            let (mut good, mut prev_typ) = (0usize, None);
             while off < data.len() {
-                let rest = &data[off..];
-                if rest.len() < HEADER || rest.iter().all(|&b| b == 0) {
-                    torn_at = Some(off);
+                // Zeros after the last record: the end of the log (preallocated space).
+                if data[off..].iter().all(|&b| b == 0) {
                     break;
                 }
-                let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-                let typ = rest[4];
-                let rec_crc = u32::from_le_bytes(rest[5..9].try_into().expect("4 bytes"));
-                if rest.len() < HEADER + len {
-                    torn_at = Some(off);
+                let Some((len, typ, rec_crc)) = torn::header_at(&data, off) else {
+                    damage = Some((off, "record header cut short by the end of the file"));
                     break;
-                }
-                let payload = &rest[HEADER..HEADER + len];
-                // A crash during the last write leaves its record short of some sectors
-                // (zeros in a preallocated file) or followed by nothing but zeros: a torn
-                // tail, not damage (etcd's rule for torn writes).
-                let ends_file = data[off + HEADER + len..].iter().all(|&b| b == 0)
-                    || has_zero_sector(&data, off, off + HEADER + len);
+                };
+                let Some(payload) = data.get(off + HEADER..off + HEADER + len) else {
+                    damage = Some((off, "record length runs past the end of the file"));
+                    break;
+                };
                 if typ == record::CRC {
-                    let Some(prev) = record::Reader(payload).u32() else {
-                        return Err(corrupt(off, "bad crc record"));
+                    if off != 0 {
+                        return Err(corrupt(off, "crc record inside a file"));
+                    }
+                    // Its header carries the same value as its payload (the chain so far;
+                    // 0 before the first file).
+                    let Some(prev) = record::Reader(payload)
+                        .u32()
+                        .filter(|&prev| len == 4 && prev == rec_crc && (seq > 0 || prev == 0))
+                    else {
+                        damage = Some((off, "bad crc record"));
+                        break;
                     };
                     if let Some(c) = crc {
                         if c != prev {
@@ -363,14 +392,20 @@ impl Wal {
                     }
                     crc = Some(prev);
                 } else {
+                    if !matches!(
+                        typ,
+                        record::METADATA | record::ENTRY | record::STATE | record::SNAPSHOT
+                    ) {
+                        damage = Some((off, "unknown record type"));
+                        break;
+                    }
                     let computed = crc32c::crc32c_append(crc.unwrap_or(0), payload);
                     if computed != rec_crc {
-                        if is_last && ends_file {
-                            torn_at = Some(off);
-                            break;
-                        }
-                        return Err(corrupt(off, "crc mismatch"));
+                        damage = Some((off, "crc mismatch"));
+                        break;
                     }
+                    // The record is intact (as written): a payload that does not decode
+                    // is corruption wherever it is.
                     crc = Some(computed);
                     match typ {
                         record::METADATA => {
@@ -396,36 +431,43 @@ impl Wal {
                             out.hard_state = HardState::decode(payload)
                                 .ok_or_else(|| corrupt(off, "bad state"))?;
                         }
-                        record::SNAPSHOT => {
+                        _ => {
                             let m = SnapshotMarker::decode(payload)
                                 .ok_or_else(|| corrupt(off, "bad snapshot marker"))?;
                             if m == snap {
                                 found_snap = true;
                             }
                         }
-                        _ => return Err(corrupt(off, "unknown record type")),
                     }
                 }
                 off += HEADER + len;
+                good += 1;
+                prev_typ = Some(typ);
             }
-            if let Some(at) = torn_at {
-                if !is_last {
-                    return Err(corrupt(at, "torn record before the last file"));
+            if !is_last {
+                // Finished files were synced and truncated to their records at the cut:
+                // nothing about them can be torn.
+                if let Some((at, why)) = damage {
+                    return Err(corrupt(at, why));
                 }
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(io_err(format!("open {}", path.display())))?;
-                f.set_len(at as u64)
-                    .and_then(|_| f.sync_all())
-                    .map_err(io_err(format!("truncate {}", path.display())))?;
-                if at < data.len() && !data[at..].iter().all(|&b| b == 0) {
-                    out.repaired = Some(format!("{} at offset {at}", path.display()));
+                if off < data.len() {
+                    return Err(corrupt(off, "zeros after the records of a finished file"));
                 }
-                last_len = at as u64;
-            } else {
-                last_len = data.len() as u64;
+                continue;
             }
+            if let Some((at, why)) = damage {
+                if let Err(not_torn) = torn::judge(&data, at, good, prev_typ) {
+                    return Err(corrupt(at, &format!("{why}; {not_torn}")));
+                }
+                out.repaired = Some(format!(
+                    "{} at offset {at} ({why}; {} bytes of a torn final write dropped)",
+                    path.display(),
+                    data.len() - at
+                ));
+                off = at;
+            }
+            cut_at = (off < data.len()).then_some(off);
+            last_len = off as u64;
         }
         if !found_snap {
             return Err(Error::SnapshotNotFound {
@@ -433,8 +475,26 @@ impl Wal {
                 term: snap.term,
             });
         }
+        // Only now change the directory, once the log is known good: a caller that tries
+        // another snapshot after an error opens the same files again.
         let (seq, _, path) = files.last().expect("non-empty").clone();
+        if let Some(at) = cut_at {
+            // Cut the last file at its last good record: a torn write's remains go, and
+            // the space after the records reads as zeros again (re-extended below).
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_err(format!("open {}", path.display())))?;
+            f.set_len(at as u64)
+                .and_then(|_| f.sync_all())
+                .map_err(io_err(format!("truncate {}", path.display())))?;
+        }
+        out.removed_temporaries = remove_temporaries(dir)?;
         let file = open_preallocated(&path, segment_size)?;
+        // What was read may still be only in the page cache (the previous process died
+        // between a write and its sync): make it durable before raft acts on it.
+        file.sync_all()
+            .map_err(io_err(format!("sync {}", path.display())))?;
         let last_index = out.entries.last().map(|e| e.index).unwrap_or(snap.index);
         let wal = Wal {
             dir: dir.to_path_buf(),
@@ -453,6 +513,7 @@ impl Wal {
             direct: open_direct(&path, last_len, segment_size),
             try_direct: true,
             direct_failure: None,
+            snapshot_index: snap.index,
         };
         Ok((wal, out))
     }
@@ -517,7 +578,17 @@ impl Wal {
             &self.scratch,
         );
         self.last_index = self.last_index.max(marker.index);
-        self.write_buf(true)
+        self.write_buf(true)?;
+        self.snapshot_index = self.snapshot_index.max(marker.index);
+        Ok(())
+    }
+
+    /// Index of the newest snapshot whose marker this log holds durably: the snapshot it
+    /// was opened at, or the newest one [`Wal::save_snapshot`] has synced since (0 for
+    /// none). Snapshot files at or after it must be kept: pass it to
+    /// [`crate::Snapshotter::purge`].
+    pub fn durable_snapshot_index(&self) -> u64 {
+        self.snapshot_index
     }
 
     fn write_buf(&mut self, sync: bool) -> Result<()> {
@@ -593,7 +664,7 @@ impl Wal {
         crate::failpoint::hit("wal_cut_before_rename");
         fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", tmp.display())))?;
         crate::failpoint::hit("wal_cut_after_rename");
-        sync_dir(&self.dir)?;
+        fsync_dir(&self.dir)?;
         self.file = OpenOptions::new()
             .write(true)
             .open(&path)
@@ -610,10 +681,15 @@ impl Wal {
 
     /// Deletes the oldest files that hold only entries at or before `snapshot_index`, while
     /// more than `max_files` remain (0 = keep all). Returns how many were removed.
+    ///
+    /// `snapshot_index` is capped at [`Wal::durable_snapshot_index`]: replay must be able
+    /// to start from a snapshot whose marker is on disk, so nothing after that marker's
+    /// file goes.
     pub fn purge(&self, snapshot_index: u64, max_files: usize) -> Result<usize> {
         if max_files == 0 {
             return Ok(0);
         }
+        let snapshot_index = snapshot_index.min(self.snapshot_index);
         let files = list(&self.dir)?;
         let mut removed = 0;
         for i in 0..files.len().saturating_sub(1) {
@@ -627,6 +703,9 @@ impl Wal {
             fs::remove_file(&files[i].2)
                 .map_err(io_err(format!("remove {}", files[i].2.display())))?;
             removed += 1;
+        }
+        if removed > 0 {
+            fsync_dir(&self.dir)?;
         }
         Ok(removed)
     }
@@ -646,6 +725,20 @@ impl Wal {
     pub fn last_index(&self) -> u64 {
         self.last_index
     }
+}
+
+/// The segment being written and the end of its records (tests only).
+#[cfg(test)]
+impl Wal {
+    pub(crate) fn test_position(&self) -> (u64, usize) {
+        (self.seq, self.size as usize)
+    }
+}
+
+/// The segment files of `dir`, by seq (tests only).
+#[cfg(test)]
+pub(crate) fn test_files(dir: &Path) -> Vec<PathBuf> {
+    list(dir).unwrap().into_iter().map(|f| f.2).collect()
 }
 
 #[cfg(test)]
@@ -847,6 +940,265 @@ mod tests {
         fs::write(&path, &z).unwrap();
         let (_, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
         assert_eq!(c.entries.len(), 2);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    /// Offsets of the records of a segment file's bytes, up to the zeros after them.
+    fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut off = 0;
+        while let Some((len, _, _)) = torn::header_at(bytes, off) {
+            if bytes[off..].iter().all(|&b| b == 0) {
+                break;
+            }
+            out.push(off);
+            off += HEADER + len;
+        }
+        out
+    }
+
+    /// `n` synced saves of one entry and a hard state each, as the server writes them.
+    fn write_saves(d: &Path, n: u64, seg: u64) {
+        let mut w = Wal::create(d, b"meta", seg).unwrap();
+        for i in 1..=n {
+            w.save(Some(&hs(i)), &[entry(i, 1)]).unwrap();
+        }
+    }
+
+    fn expect_corrupt_at(d: &Path, file: &Path, offset: usize) {
+        match Wal::open(d, SnapshotMarker::default(), SEG) {
+            Err(Error::Corrupt {
+                file: f, offset: o, ..
+            }) => {
+                assert_eq!(f, file.display().to_string());
+                assert_eq!(o, offset as u64);
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok((_, c)) => panic!(
+                "opened with {} entries (repaired: {:?})",
+                c.entries.len(),
+                c.repaired
+            ),
+        }
+    }
+
+    #[test]
+    fn flipped_length_bit_in_the_last_segment_is_refused_not_truncated() {
+        // The measured bug: one flipped high bit in a length field in the last segment read
+        // as a torn tail, and half of the acknowledged records were dropped.
+        let d = dir("lenflip");
+        write_saves(&d, 200, SEG);
+        let path = list(&d).unwrap()[0].2.clone();
+        let bytes = fs::read(&path).unwrap();
+        let offs = record_offsets(&bytes);
+        assert_eq!(
+            offs.len(),
+            4 + 400,
+            "head, then an entry and a state per save"
+        );
+        for &rec in &[offs[offs.len() / 2], offs[10], offs[offs.len() - 3]] {
+            for bit in [31, 30, 28, 24, 20, 16, 12, 9, 6] {
+                let mut b = bytes.clone();
+                b[rec + bit / 8] ^= 1 << (bit % 8);
+                fs::write(&path, &b).unwrap();
+                expect_corrupt_at(&d, &path, rec);
+                assert_eq!(fs::read(&path).unwrap(), b, "left as it was (bit {bit})");
+            }
+        }
+        fs::write(&path, &bytes).unwrap();
+        let (_, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
+        assert_eq!(c.entries.len(), 200);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn flipped_length_bit_in_a_middle_segment_is_refused() {
+        let d = dir("lenflip-mid");
+        let seg = 1024;
+        write_saves(&d, 100, seg);
+        let files = list(&d).unwrap();
+        assert!(files.len() >= 4, "{} files", files.len());
+        let path = files[files.len() / 2].2.clone();
+        let bytes = fs::read(&path).unwrap();
+        let offs = record_offsets(&bytes);
+        for &rec in &offs {
+            for bit in [31, 23, 10, 2] {
+                let mut b = bytes.clone();
+                b[rec + bit / 8] ^= 1 << (bit % 8);
+                fs::write(&path, &b).unwrap();
+                let err = Wal::open(&d, SnapshotMarker::default(), seg).err().unwrap();
+                let Error::Corrupt { file, offset, .. } = err else {
+                    panic!("{err}")
+                };
+                assert_eq!(file, path.display().to_string());
+                assert_eq!(offset, rec as u64, "bit {bit} of the record at {rec}");
+            }
+        }
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn zeroed_sector_inside_acknowledged_records_is_refused() {
+        // A whole sector of zeros looks like an unwritten one, but later saves that were
+        // synced after it follow intact: not a torn final write.
+        let d = dir("zerosector");
+        write_saves(&d, 200, SEG);
+        let path = list(&d).unwrap()[0].2.clone();
+        let bytes = fs::read(&path).unwrap();
+        let offs = record_offsets(&bytes);
+        let end = offs[offs.len() - 1] + HEADER + 24; // the last hard state's end
+        for sector in (512..end - 1024).step_by(512) {
+            let mut b = bytes.clone();
+            b[sector..sector + 512].fill(0);
+            fs::write(&path, &b).unwrap();
+            // The first record the zeros changed (some bytes of it may have been zero).
+            let i = (0..offs.len())
+                .find(|&i| {
+                    let next = offs.get(i + 1).copied().unwrap_or(end);
+                    b[offs[i]..next] != bytes[offs[i]..next]
+                })
+                .unwrap();
+            let first_bad = offs[i];
+            let err = Wal::open(&d, SnapshotMarker::default(), SEG).err().unwrap();
+            let Error::Corrupt { file, offset, .. } = err else {
+                panic!("{err}")
+            };
+            assert_eq!(file, path.display().to_string());
+            assert_eq!(offset, first_bad as u64, "sector at {sector}");
+        }
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn every_torn_sector_pattern_of_the_final_write_is_repaired() {
+        // The final write: a commit-only hard state, then a synced batch of entries and a
+        // hard state spanning several sectors. A crash leaves any of its sectors unwritten
+        // (zeros) and the file possibly cut short; the saves before it are all kept.
+        let d = dir("tornsectors");
+        let mut w = Wal::create(&d, b"meta", SEG).unwrap();
+        for i in 1..=20 {
+            w.save(Some(&hs(i)), &[entry(i, 1)]).unwrap();
+        }
+        let start = w.size as usize;
+        w.save(Some(&hs(21)), &[]).unwrap(); // commit only: not synced
+        let batch: Vec<Entry> = (21..=30)
+            .map(|i| Entry {
+                data: vec![b'x'; 150],
+                ..entry(i, 1)
+            })
+            .collect();
+        w.save(Some(&hs(30)), &batch).unwrap();
+        let end = w.size as usize;
+        drop(w);
+        let path = list(&d).unwrap()[0].2.clone();
+        let bytes = fs::read(&path).unwrap();
+        let check = |b: &[u8], what: &str| {
+            fs::write(&path, b).unwrap();
+            let (_, c) = Wal::open(&d, SnapshotMarker::default(), SEG)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(c.entries.len() >= 20, "{what}");
+            assert_eq!(c.entries[19].index, 20, "{what}");
+            fs::write(&path, &bytes).unwrap();
+        };
+        let first = start / 512 * 512;
+        for sector in (first..end).step_by(512) {
+            let from = sector.max(start);
+            // One sector missing, the rest of the write on disk.
+            let mut b = bytes.clone();
+            b[from..sector + 512].fill(0);
+            check(&b, &format!("sector {sector} missing"));
+            // That sector and every later one missing.
+            let mut b = bytes.clone();
+            b[from..].fill(0);
+            check(&b, &format!("sectors from {sector} missing"));
+            // Only that sector reached the disk.
+            let mut b = bytes.clone();
+            b[start..].fill(0);
+            b[from..sector + 512].copy_from_slice(&bytes[from..sector + 512]);
+            check(&b, &format!("only sector {sector} written"));
+        }
+        // (Every offset of one record: torn_tail_at_every_offset_is_repaired.)
+        for cut in (start..end).step_by(7) {
+            check(&bytes[..cut], &format!("file cut at {cut}"));
+        }
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn directories_are_synced_on_create_cut_and_purge() {
+        use crate::fsutil::take_synced;
+        let base = dir("dirsync");
+        fs::create_dir_all(&base).unwrap();
+        let d = base.join("x/y/wal");
+        take_synced();
+        let mut w = Wal::create(&d, b"m", 200).unwrap();
+        let synced = take_synced();
+        for want in [base.clone(), base.join("x"), base.join("x/y")] {
+            assert!(
+                synced.contains(&want),
+                "{} not synced: {synced:?}",
+                want.display()
+            );
+        }
+        w.save(Some(&hs(1)), &[entry(1, 1)]).unwrap();
+        for i in 2..=30 {
+            w.save(Some(&hs(i)), &[entry(i, 1)]).unwrap();
+        }
+        assert!(w.seq > 2);
+        assert!(take_synced().iter().filter(|p| **p == d).count() as u64 >= w.seq);
+        w.save_snapshot(SnapshotMarker { index: 25, term: 1 })
+            .unwrap();
+        assert!(w.purge(25, 2).unwrap() > 0);
+        assert_eq!(take_synced(), vec![d.clone()], "after removing segments");
+        let _ = fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn open_removes_leftover_temporary_segments_and_reports_them() {
+        let d = dir("tmpfiles");
+        write_saves(&d, 3, SEG);
+        // A crash during a cut leaves the next segment, preallocated, under a .tmp name.
+        let tmp = d.join(format!("{}.tmp", file_name(1, 4)));
+        fs::write(&tmp, vec![0u8; SEG as usize]).unwrap();
+        let other = d.join("notes.tmp");
+        fs::write(&other, b"not ours").unwrap();
+        crate::fsutil::take_synced();
+        let (_, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
+        assert_eq!(c.removed_temporaries, vec![tmp.clone()]);
+        assert!(!tmp.exists());
+        assert!(other.exists(), "only our own temporaries go");
+        assert!(crate::fsutil::take_synced().contains(&d));
+        assert_eq!(c.entries.len(), 3);
+        let (_, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
+        assert!(c.removed_temporaries.is_empty());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn durable_snapshot_index_tracks_synced_markers_and_caps_purge() {
+        let d = dir("durable-snap");
+        let mut w = Wal::create(&d, b"m", 200).unwrap();
+        assert_eq!(w.durable_snapshot_index(), 0);
+        for i in 1..=50 {
+            w.save(Some(&hs(i)), &[entry(i, 1)]).unwrap();
+        }
+        let files = list(&d).unwrap().len();
+        // No marker synced yet: whatever index the caller names, nothing goes.
+        assert_eq!(w.purge(40, 1).unwrap(), 0);
+        w.save_snapshot(SnapshotMarker { index: 20, term: 1 })
+            .unwrap();
+        assert_eq!(w.durable_snapshot_index(), 20);
+        // Capped at 20: files holding entries after 20 stay.
+        w.purge(40, 1).unwrap();
+        let left = list(&d).unwrap();
+        assert!(left.len() < files);
+        assert!(
+            left[0].1 <= 21,
+            "every entry after the snapshot at 20 is kept"
+        );
+        drop(w);
+        let (w, _) = Wal::open(&d, SnapshotMarker { index: 20, term: 1 }, 200).unwrap();
+        assert_eq!(w.durable_snapshot_index(), 20, "the snapshot opened at");
         let _ = fs::remove_dir_all(&d);
     }
 
