@@ -341,4 +341,5 @@ pub fn normalized(reply: &Reply, base: u64) -> (u16, Option<i64>, String, Value)
 pub use ureq;
 
 pub mod cluster;
+pub mod linearizability;
 pub mod proxy;
