@@ -671,6 +671,20 @@ mod tests {
         assert_eq!(v.history.len(), 3);
     }
 
+    #[test]
+    fn a_search_over_budget_gives_up_instead_of_answering() {
+        let h = [
+            write(0, 0, 10, "a"),
+            write(1, 1, 9, "b"),
+            read(2, 2, 8, Some("a")),
+        ];
+        assert!(matches!(
+            check_with_budget(&h, 2),
+            Verdict::GaveUp { ref key, steps: 3 } if key == "k"
+        ));
+        assert!(check_with_budget(&h, 1000).is_linearizable());
+    }
+
     /// A tiny deterministic generator (xorshift*), enough for test data.
     struct Rng(u64);
     impl Rng {
