@@ -209,6 +209,22 @@ impl Member {
         }
     }
 
+    /// The process ID, while a process is running (or stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends the signal `name` (`STOP`, `CONT`, ...) with kill(1); true if it was delivered.
+    /// A stopped member is still killed by drop (SIGKILL ends stopped processes too).
+    pub fn signal(&self, name: &str) -> bool {
+        let Some(pid) = self.pid() else { return false };
+        Command::new("kill")
+            .args(["-s", name, &pid.to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// Starts the process again on the same data dir and ports.
     pub fn restart(&mut self) {
         self.kill();
@@ -341,4 +357,5 @@ pub fn normalized(reply: &Reply, base: u64) -> (u16, Option<i64>, String, Value)
 pub use ureq;
 
 pub mod cluster;
+pub mod linearizability;
 pub mod proxy;
