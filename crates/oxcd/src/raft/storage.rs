@@ -415,14 +415,18 @@ impl PurgeJob {
     }
 
     fn purge(&self) {
+        // Snapshot files are removed only below the newest snapshot whose WAL marker is
+        // synced: a crash must always find a snapshot the WAL knows.
+        let mut durable = 0;
         if let Some(wal) = self.wal.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             match wal.purge(self.snapshot_index, self.max_wals) {
                 Ok(n) if n > 0 => tracing::info!(removed = n, "wal: purged old files"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "wal: purge failed"),
             }
+            durable = wal.durable_snapshot_index();
         }
-        let n = self.snapshotter.purge(self.max_snapshots);
+        let n = self.snapshotter.purge(self.max_snapshots, durable);
         if n > 0 {
             tracing::info!(removed = n, "snap: purged old snapshot files");
         }

@@ -401,17 +401,14 @@ fn open_storage(
         .wal_dir
         .clone()
         .unwrap_or_else(|| member_dir.join("wal"));
-    for d in [
-        member_dir.join("snap"),
-        wal_dir
-            .parent()
-            .map(|p| p.to_path_buf())
-            .unwrap_or_default(),
-    ] {
-        if !d.as_os_str().is_empty() {
-            std::fs::create_dir_all(&d)
-                .map_err(|e| BootstrapError::DataDir(d.display().to_string(), e))?;
-        }
+    // Every directory made here is made durable (its parent fsynced): a crash right after
+    // the first WAL write must not lose `member/` itself. The WAL makes its own directory.
+    let mut made = oxcd_wal::create_dir_all_durable(&member_dir)?;
+    if let Some(parent) = wal_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        made.extend(oxcd_wal::create_dir_all_durable(parent)?);
+    }
+    for dir in made {
+        tracing::info!(dir = %dir.display(), "server: created directory");
     }
     // etcd's 64 MB; `OXCD_WAL_SEGMENT_BYTES` shrinks it so tests see many cuts.
     let seg = std::env::var("OXCD_WAL_SEGMENT_BYTES")
@@ -419,7 +416,10 @@ fn open_storage(
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|&n| n >= 4096)
         .unwrap_or(oxcd_wal::DEFAULT_SEGMENT_SIZE);
-    let snapshotter = oxcd_wal::Snapshotter::new(&member_dir.join("snap"));
+    let (snapshotter, stale) = oxcd_wal::Snapshotter::open(&member_dir.join("snap"))?;
+    for file in stale {
+        tracing::warn!(file = %file.display(), "snap: removed a temporary file left by a crash");
+    }
     let files = |snapshotter| SnapshotFiles {
         snapshotter,
         max_snapshots: opts.max_snapshots,
@@ -462,6 +462,9 @@ fn open_storage(
         let snap = (chosen.index > 0).then_some(chosen);
         if let Some(where_) = &contents.repaired {
             tracing::warn!(at = %where_, "wal: torn tail truncated (crash during a write)");
+        }
+        for file in &contents.removed_temporaries {
+            tracing::warn!(file = %file.display(), "wal: removed a temporary file left by a crash");
         }
         let want = wal_metadata(me.id, cluster.id);
         if contents.metadata != want {
