@@ -391,6 +391,11 @@ impl Event {
     }
 }
 
+/// Whether `nodes` is left out of the JSON (Go's `omitempty` on a slice).
+fn no_nodes(nodes: &Option<Vec<NodeExtern>>) -> bool {
+    nodes.as_ref().is_none_or(|n| n.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,9 +442,4 @@ mod tests {
         let back: Event = serde_json::from_str(&serde_json::to_string(&ev).unwrap()).unwrap();
         assert_eq!(back.node, ev.node);
     }
-}
-
-/// Whether `nodes` is left out of the JSON (Go's `omitempty` on a slice).
-fn no_nodes(nodes: &Option<Vec<NodeExtern>>) -> bool {
-    nodes.as_ref().is_none_or(|n| n.is_empty())
 }

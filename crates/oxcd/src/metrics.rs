@@ -1,10 +1,12 @@
 //! Prometheus metrics (`/metrics`), named as etcd names them so existing dashboards work.
 //!
-//! Request counters and latency histograms are updated on the request path; raft counters
-//! are read from [`RaftStatus`](crate::raft::RaftStatus) when `/metrics` is scraped; the raft
+//! Request counters and latency histograms are updated on the request path; the raft and
+//! store gauges are handed in ([`ServerGauges`]) when `/metrics` is scraped; the raft
 //! thread only observes the WAL fsync histogram (atomic adds, no registry lookup).
+//!
+//! This module sits below everything that records into it: it knows nothing of the server,
+//! raft or the store, so any layer may record here without an import cycle.
 
-use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -13,8 +15,6 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
-
-use crate::server::EtcdServer;
 
 struct Metrics {
     registry: Registry,
@@ -195,27 +195,39 @@ pub fn observe_health(healthy: bool) {
     }
 }
 
+/// The server's gauges at the moment of a scrape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerGauges {
+    /// Highest committed index.
+    pub committed: u64,
+    /// Highest applied index.
+    pub applied: u64,
+    /// Requests waiting for their proposals.
+    pub pending: u64,
+    /// Proposals raft dropped.
+    pub failed: u64,
+    /// Leader changes seen.
+    pub leader_changes: u64,
+    /// Whether a leader is known.
+    pub has_leader: bool,
+    /// Whether this member leads.
+    pub is_leader: bool,
+    /// The v2 store's index.
+    pub store_index: u64,
+}
+
 /// Renders all metrics in Prometheus text format.
-pub fn render(server: &EtcdServer) -> Vec<u8> {
+pub fn render(g: ServerGauges) -> Vec<u8> {
     let m = metrics();
-    let status = &server.shared.status;
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as i64;
-    m.proposals_committed.set(load(&status.commit_index));
-    m.proposals_applied.set(load(&status.applied_index));
-    m.proposals_pending.set(server.shared.wait.len() as i64);
-    m.proposals_failed.set(load(&status.proposals_failed));
-    m.leader_changes.set(load(&status.leader_changes));
-    m.has_leader.set((load(&status.leader) != 0) as i64);
-    m.is_leader
-        .set(status.is_leader.load(Ordering::Relaxed) as i64);
-    m.store_index.set(
-        server
-            .shared
-            .store
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .index() as i64,
-    );
+    let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    m.proposals_committed.set(gauge(g.committed));
+    m.proposals_applied.set(gauge(g.applied));
+    m.proposals_pending.set(gauge(g.pending));
+    m.proposals_failed.set(gauge(g.failed));
+    m.leader_changes.set(gauge(g.leader_changes));
+    m.has_leader.set(g.has_leader as i64);
+    m.is_leader.set(g.is_leader as i64);
+    m.store_index.set(gauge(g.store_index));
     let mut buf = Vec::new();
     if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut buf) {
         tracing::warn!(error = %e, "metrics: encoding failed");

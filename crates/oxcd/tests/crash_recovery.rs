@@ -115,3 +115,131 @@ fn acknowledged_writes_survive_crashes_at_every_durability_step() {
         assert_eq!(r.status, 201, "{point}: {}", r.body);
     }
 }
+
+/// The first answer a restarted member gives already includes every write it acknowledged
+/// before the crash: it serves clients only once its own publish is applied, which comes
+/// after everything committed before the restart (etcd's ReadyNotify).
+#[test]
+fn a_restarted_member_answers_only_with_every_acknowledged_write_applied() {
+    let mut m = Member::start(Path::new(env!("CARGO_BIN_EXE_oxcd")), &[]);
+    for round in 0..5 {
+        let mut acked = Vec::new();
+        for i in 0..40 {
+            let key = format!("ready/r{round}k{i}");
+            let r = request(
+                &m.client_url,
+                "PUT",
+                &format!("/v2/keys/{key}"),
+                Some("value=v"),
+            );
+            assert_eq!(r.status, 201, "{}", r.body);
+            acked.push((key, r.etcd_index.expect("X-Etcd-Index")));
+        }
+        m.kill();
+        m.spawn_no_wait();
+        // Poll the client port with the last acknowledged key; the first answer counts.
+        let (last, last_index) = acked.last().cloned().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let first = loop {
+            let res = oxcd_tests::ureq::get(&format!("{}/v2/keys/{last}", m.client_url))
+                .timeout(Duration::from_secs(2))
+                .call();
+            match res {
+                Ok(r) => break r.into_string().unwrap_or_default(),
+                Err(oxcd_tests::ureq::Error::Status(code, r)) => {
+                    panic!(
+                        "round {round}: first answer {code}: {}; log:\n{}",
+                        r.into_string().unwrap_or_default(),
+                        m.log()
+                    )
+                }
+                Err(_) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "round {round}: the member never answered; log:\n{}",
+                        m.log()
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&first).expect("JSON");
+        assert_eq!(
+            v["node"]["modifiedIndex"], last_index,
+            "round {round}: {first}"
+        );
+        for (key, idx) in &acked {
+            let r = request(&m.client_url, "GET", &format!("/v2/keys/{key}"), None);
+            assert_eq!(
+                r.json()["node"]["modifiedIndex"],
+                *idx,
+                "round {round}: {key}"
+            );
+        }
+    }
+}
+
+/// A key nested far deeper than any JSON parser's recursion limit goes into a snapshot,
+/// the member is killed, and it restarts from that snapshot with the key (it used to fail
+/// with "recursion limit exceeded", or overflow the raft thread's stack).
+#[test]
+fn a_deep_key_survives_a_snapshot_and_a_restart() {
+    let mut m = Member::start(
+        Path::new(env!("CARGO_BIN_EXE_oxcd")),
+        &["--snapshot-count", "10"],
+    );
+    for depth in [70usize, 5_000] {
+        let key: String = std::iter::once(format!("/d{depth}"))
+            .chain((1..depth).map(|i| format!("/s{i}")))
+            .collect();
+        let r = request(
+            &m.client_url,
+            "PUT",
+            &format!("/v2/keys{key}"),
+            Some("value=deep"),
+        );
+        assert_eq!(r.status, 201, "depth {depth}: {}", r.body);
+        for i in 0..25 {
+            let r = request(
+                &m.client_url,
+                "PUT",
+                &format!("/v2/keys/after{i}"),
+                Some("value=x"),
+            );
+            assert!(r.status == 200 || r.status == 201, "{}", r.body);
+        }
+        let snaps = || {
+            std::fs::read_dir(m.dir.0.join("data/member/snap"))
+                .map(|rd| rd.flatten().count())
+                .unwrap_or(0)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while snaps() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no snapshot was taken"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m.kill();
+        m.restart();
+        let r = request(&m.client_url, "GET", &format!("/v2/keys{key}"), None);
+        assert_eq!(
+            r.json()["node"]["value"],
+            "deep",
+            "depth {depth}: {}",
+            r.body
+        );
+        // A recursive listing of the last ten levels (every node carries its full key, so
+        // listing the whole chain costs the square of its depth in bytes).
+        let dir: String = key.rsplitn(11, '/').last().unwrap_or_default().to_string();
+        let r = request(
+            &m.client_url,
+            "GET",
+            &format!("/v2/keys{dir}?recursive=true"),
+            None,
+        );
+        assert_eq!(r.status, 200, "depth {depth}");
+        assert!(r.body.contains("\"value\":\"deep\""), "depth {depth}");
+    }
+}

@@ -71,7 +71,24 @@ pub fn metrics(server: &EtcdServer, method: &Method) -> Response<RespBody> {
     if method != Method::GET && method != Method::HEAD {
         return method_not_allowed("GET");
     }
-    let body = crate::metrics::render(server);
+    let status = &server.shared.status;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let gauges = crate::metrics::ServerGauges {
+        committed: load(&status.commit_index),
+        applied: load(&status.applied_index),
+        pending: server.shared.wait.len() as u64,
+        failed: load(&status.proposals_failed),
+        leader_changes: load(&status.leader_changes),
+        has_leader: load(&status.leader) != 0,
+        is_leader: status.is_leader.load(std::sync::atomic::Ordering::Relaxed),
+        store_index: server
+            .shared
+            .store
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .index(),
+    };
+    let body = crate::metrics::render(gauges);
     let mut resp = Response::new(RespBody::full(body));
     resp.headers_mut().insert(
         "Content-Type",

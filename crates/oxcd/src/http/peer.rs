@@ -166,8 +166,9 @@ pub async fn raft(
     let Some(from) = check_cluster(server, &req) else {
         return text_error(StatusCode::PRECONDITION_FAILED, "cluster ID mismatch");
     };
+    // Bounded while the body arrives, not after: a snapshot travels alone, as one frame.
     let limit = if snapshot {
-        usize::MAX
+        4 + codec::MAX_FRAME
     } else {
         MAX_STREAM_BODY
     };
@@ -185,6 +186,10 @@ pub async fn raft(
             return text_error(StatusCode::BAD_REQUEST, "error unmarshalling raft message");
         }
     };
+    if snapshot && (msgs.len() != 1 || msgs[0].get_msg_type() != MessageType::MsgSnapshot) {
+        tracing::warn!(%from, messages = msgs.len(), "transport: /raft/snapshot without exactly one snapshot refused");
+        return text_error(StatusCode::BAD_REQUEST, "error reading raft snapshot");
+    }
     for m in msgs {
         if m.get_msg_type() == MessageType::MsgSnapshot && m.to == server.shared.member_id {
             let data = &m.get_snapshot().data;

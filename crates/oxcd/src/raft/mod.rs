@@ -21,6 +21,7 @@
 pub mod logger;
 pub mod node;
 pub mod storage;
+pub mod validate;
 
 pub use node::{
     Applier, RaftConfig, RaftHandle, RaftInput, RaftNode, RaftStatus, SnapshotJob, Transport,

@@ -80,6 +80,8 @@ pub trait Transport: Send {
 pub struct RaftStatus {
     /// Current term.
     pub term: AtomicU64,
+    /// Peer messages dropped before raft saw them (`raft::validate`).
+    pub peer_messages_refused: AtomicU64,
     /// Known leader, 0 if none.
     pub leader: AtomicU64,
     /// Highest committed index known.
@@ -213,6 +215,8 @@ pub struct RaftNode<A: Applier, T: Transport> {
     snapshot_in_progress: Option<Receiver<Option<Snapshot>>>,
     /// The highest commit index broadcast to followers on its own.
     commit_told: u64,
+    /// When a dropped peer message was last logged (a flood logs once a second).
+    refusal_logged: Option<Instant>,
 }
 
 impl<A: Applier, T: Transport> RaftNode<A, T> {
@@ -260,6 +264,7 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
             background_snapshots: cfg.background_snapshots,
             snapshot_in_progress: None,
             commit_told: 0,
+            refusal_logged: None,
         };
         // A one-member cluster need not wait a full election timeout for its only vote; it
         // campaigns as soon as its bootstrap configuration is applied.
@@ -300,6 +305,28 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
     /// Steps a message from a peer. Messages raft-rs rejects (stale term, unknown peer) are
     /// logged and dropped: peers never make us panic.
     pub fn step(&mut self, msg: Message) {
+        let local = super::validate::Local {
+            id: self.id,
+            last_index: self.raw.raft.raft_log.last_index(),
+        };
+        let conf = self.raw.raft.prs().conf();
+        let is_member = |id| conf.voters().contains(id) || conf.learners().contains(&id);
+        if let Err(why) = super::validate::check(&msg, local, is_member) {
+            self.status
+                .peer_messages_refused
+                .fetch_add(1, Ordering::Relaxed);
+            if super::validate::log_allowed(&mut self.refusal_logged) {
+                tracing::warn!(
+                    from = %format!("{:x}", msg.from),
+                    msg_type = ?msg.get_msg_type(),
+                    term = msg.term,
+                    index = msg.index,
+                    commit = msg.commit,
+                    "raft: dropped a peer message: {why}"
+                );
+            }
+            return;
+        }
         if msg.get_msg_type() == MessageType::MsgAppend {
             self.status
                 .recv_append_requests
@@ -621,7 +648,10 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
                 self.status.leader_changes.fetch_add(1, Ordering::Relaxed);
             }
             self.status.leader_since.store(
-                crate::server::request::time_to_unix_nanos(std::time::SystemTime::now()),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+                    .unwrap_or(0),
                 Ordering::Relaxed,
             );
             // etcd's wording (raft/node.go), which operators' scripts match.

@@ -29,7 +29,18 @@ pub enum CodecError {
     /// A frame is longer than the reader accepts.
     #[error("frame of {0} bytes is too large")]
     TooLarge(usize),
+    /// A frame of length 0: every message a member sends names its sender and receiver, so
+    /// its encoding is never empty (accepting them let 4 zero bytes stand for a message).
+    #[error("empty frame at byte {0}")]
+    Empty(usize),
+    /// A batch holds more messages than any sender puts in one.
+    #[error("more than {MAX_BATCH_MESSAGES} messages in one batch")]
+    TooMany,
 }
+
+/// Most messages one `POST /raft` batch may hold (senders close a batch at 8 MiB; a message
+/// is tens of bytes at least).
+pub const MAX_BATCH_MESSAGES: usize = 100_000;
 
 /// Appends one message as a frame to `out`.
 pub fn encode_into(msg: &Message, out: &mut Vec<u8>) {
@@ -60,6 +71,9 @@ fn whole_frame(buf: &[u8], max: usize) -> Result<Option<usize>, CodecError> {
     let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
     if len > max {
         return Err(CodecError::TooLarge(len));
+    }
+    if len == 0 {
+        return Err(CodecError::Empty(0));
     }
     Ok((buf.len() - 4 >= len).then_some(4 + len))
 }
@@ -95,11 +109,15 @@ pub fn decode(mut body: &[u8]) -> Result<Vec<Message>, CodecError> {
         let at = total - body.len();
         match decode_frame(body, MAX_FRAME) {
             Ok(Some((msg, used))) => {
+                if out.len() == MAX_BATCH_MESSAGES {
+                    return Err(CodecError::TooMany);
+                }
                 out.push(msg);
                 body = &body[used..];
             }
             Ok(None) => return Err(CodecError::Truncated(at)),
             Err(CodecError::BadMessage(_)) => return Err(CodecError::BadMessage(at)),
+            Err(CodecError::Empty(_)) => return Err(CodecError::Empty(at)),
             Err(e) => return Err(e),
         }
     }
@@ -108,6 +126,25 @@ pub fn decode(mut body: &[u8]) -> Result<Vec<Message>, CodecError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn zero_bytes_are_refused_not_taken_for_messages() {
+        assert_eq!(decode(&[0; 64]), Err(CodecError::Empty(0)));
+        let mut buf = bytes::BytesMut::from(&[0u8; 8][..]);
+        assert_eq!(take_frame(&mut buf, MAX_FRAME), Err(CodecError::Empty(0)));
+        let mut body = encode(&[msg(1, 0)]);
+        body.extend_from_slice(&[0; 4]);
+        let at = body.len() - 4;
+        assert_eq!(decode(&body), Err(CodecError::Empty(at)));
+    }
+
+    #[test]
+    fn a_batch_is_bounded_in_messages() {
+        let one = encode(&[msg(1, 0)]);
+        let body: Vec<u8> = one.repeat(MAX_BATCH_MESSAGES + 1);
+        assert_eq!(decode(&body), Err(CodecError::TooMany));
+        assert_eq!(decode(&one.repeat(3)).map(|v| v.len()), Ok(3));
+    }
+
     use super::*;
     use raft::prelude::{Entry, MessageType};
 
