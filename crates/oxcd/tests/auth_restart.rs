@@ -178,3 +178,98 @@ fn users_roles_and_enabled_flag_survive_kill_restart_and_snapshot() {
         200
     );
 }
+
+/// Auth written through one member holds on every member: the records and the enabled
+/// flag are replicated entries, and each member's apply refreshes its own enabled flag.
+#[test]
+fn auth_state_written_through_one_member_applies_on_all() {
+    let cluster = oxcd_tests::cluster::Cluster::start(
+        Path::new(env!("CARGO_BIN_EXE_oxcd")),
+        3,
+        oxcd_tests::cluster::FAST_TIMING,
+        false,
+    );
+    let urls: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.client_url.clone())
+        .collect();
+    let root = Some("root:rootpw");
+    let steps: &[(usize, SetupStep)] = &[
+        (0, ("PUT", "/v2/keys/app/k1", None, Some("value=v1"), 201)),
+        (
+            1,
+            (
+                "PUT",
+                "/v2/auth/users/root",
+                None,
+                Some(r#"{"user":"root","password":"rootpw"}"#),
+                201,
+            ),
+        ),
+        (
+            2,
+            (
+                "PUT",
+                "/v2/auth/roles/app",
+                None,
+                Some(r#"{"role":"app","permissions":{"kv":{"read":["/app/*"],"write":[]}}}"#),
+                201,
+            ),
+        ),
+        (
+            0,
+            (
+                "PUT",
+                "/v2/auth/users/app",
+                None,
+                Some(r#"{"user":"app","password":"apppw","roles":["app"]}"#),
+                200,
+            ),
+        ),
+        (1, ("PUT", "/v2/auth/enable", None, None, 200)),
+        (
+            2,
+            (
+                "PUT",
+                "/v2/auth/roles/guest",
+                root,
+                Some(r#"{"role":"guest","revoke":{"kv":{"read":["/*"],"write":["/*"]}}}"#),
+                200,
+            ),
+        ),
+    ];
+    for (i, (method, path, creds, body, want)) in steps {
+        let (status, text) = call(&urls[*i], method, path, *creds, *body);
+        assert_eq!(status, *want, "member {i}: {method} {path}: {text}");
+    }
+    let expect = |url: &str| -> Vec<u16> {
+        vec![
+            call(url, "GET", "/v2/auth/users", None, None).0,
+            call(url, "GET", "/v2/auth/users", root, None).0,
+            call(url, "GET", "/v2/keys/app/k1", Some("app:apppw"), None).0,
+            call(
+                url,
+                "PUT",
+                "/v2/keys/app/k1",
+                Some("app:apppw"),
+                Some("value=x"),
+            )
+            .0,
+            call(url, "GET", "/v2/keys/app/k1", None, None).0,
+            call(url, "POST", "/v2/members", Some("app:apppw"), Some("{}")).0,
+        ]
+    };
+    for (i, url) in urls.iter().enumerate() {
+        // Followers apply the last entries a moment after the proposer answered.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = expect(url);
+            if got == [401, 200, 200, 401, 401, 401] {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "member {i}: {got:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
