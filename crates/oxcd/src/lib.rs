@@ -13,6 +13,7 @@
 //!
 //! Plain GETs and watches read the store directly under its lock, as etcd serves them.
 
+pub mod auth;
 pub mod config;
 pub mod failstop;
 pub mod http;

@@ -8,6 +8,7 @@
 //!
 //! The body of a request is read in full before parsing, bounded by `--max-request-bytes`.
 
+pub mod auth;
 pub mod base;
 pub mod body;
 pub mod form;
@@ -15,7 +16,6 @@ pub mod keys;
 pub mod peer;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -28,6 +28,7 @@ use hyper_util::rt::TokioIo;
 use oxcd_api::v2::{Error as V2Error, ErrorCode};
 use tokio::net::TcpListener;
 
+use auth::{ConnInfo, Credentials};
 use body::RespBody;
 use form::{clean_path, parse_query, path_unescape, Form};
 use keys::{error_response, parse_key_request, serve_keys, KEYS_PREFIX};
@@ -78,7 +79,9 @@ pub async fn serve(listener: TcpListener, server: Arc<EtcdServer>, api: Api) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let server = Arc::clone(&server);
-                async move { Ok::<_, Infallible>(handle(server, req, remote, api).await) }
+                // The TLS listener hands in the verified certificate names here.
+                let conn = ConnInfo::plain(remote);
+                async move { Ok::<_, Infallible>(handle(server, req, conn, api).await) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.title_case_headers(true);
@@ -140,10 +143,12 @@ fn add_cors(server: &EtcdServer, origin: Option<HeaderValue>, resp: &mut Respons
     );
 }
 
-async fn handle(
+/// Serves one request of a connection. `conn` says who is on the other end (address, and
+/// the common names of a verified client certificate for `--client-cert-auth`).
+pub async fn handle(
     server: Arc<EtcdServer>,
     req: Request<Incoming>,
-    _remote: SocketAddr,
+    conn: ConnInfo,
     api: Api,
 ) -> Response<RespBody> {
     let started = Instant::now();
@@ -154,7 +159,7 @@ async fn handle(
                 Some(_) => req.headers().get(http::header::ORIGIN).cloned(),
                 None => None,
             };
-            let mut r = route(&server, req).await;
+            let mut r = route(&server, req, &conn).await;
             add_cors(&server, origin, &mut r);
             r
         }
@@ -202,7 +207,11 @@ fn html_escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-async fn route(server: &Arc<EtcdServer>, req: Request<Incoming>) -> Response<RespBody> {
+async fn route(
+    server: &Arc<EtcdServer>,
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+) -> Response<RespBody> {
     if req.method() == Method::OPTIONS {
         return Response::new(RespBody::empty());
     }
@@ -227,10 +236,24 @@ async fn route(server: &Arc<EtcdServer>, req: Request<Incoming>) -> Response<Res
         "/v2/stats/self" => base::stats_self(server, req.method()),
         "/v2/stats/store" => base::stats_store(server, req.method()),
         "/v2/stats/leader" => base::stats_leader(server, req.method()),
-        p if p == KEYS_PREFIX || p.starts_with("/v2/keys/") => keys_entry(server, req, path).await,
-        p if p == "/v2/members" || p.starts_with("/v2/members/") => {
-            base::members(server, req.method(), p)
+        p if p == KEYS_PREFIX || p.starts_with("/v2/keys/") => {
+            keys_entry(server, req, conn, path).await
         }
+        p if p == "/v2/members" || p.starts_with("/v2/members/") => {
+            let method = req.method();
+            if !matches!(
+                *method,
+                Method::GET | Method::POST | Method::DELETE | Method::PUT
+            ) {
+                return method_not_allowed("GET,POST,DELETE,PUT");
+            }
+            let creds = Credentials::from_request(req.headers(), conn);
+            if !auth::has_write_root_access(server, method, &creds).await {
+                return auth::no_auth();
+            }
+            base::members(server, method, p)
+        }
+        p if p.starts_with("/v2/auth/") => auth_entry(server, req, conn, p).await,
         _ => text_error(StatusCode::NOT_FOUND, "404 page not found"),
     }
 }
@@ -246,9 +269,36 @@ async fn route_peer(server: &Arc<EtcdServer>, req: Request<Incoming>) -> Respons
     }
 }
 
+async fn auth_entry(
+    server: &Arc<EtcdServer>,
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    path: &str,
+) -> Response<RespBody> {
+    let method = req.method().clone();
+    let creds = Credentials::from_request(req.headers(), conn);
+    let query_ok = parse_query(req.uri().query().unwrap_or("").as_bytes())
+        .1
+        .is_none();
+    let body = if method == Method::PUT {
+        match Limited::new(req.into_body(), server.max_request_bytes)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            // Go's JSON decoder fails on a body it cannot read.
+            Err(_) => Bytes::new(),
+        }
+    } else {
+        Bytes::new()
+    };
+    auth::serve(server, &method, path, &creds, body, query_ok).await
+}
+
 async fn keys_entry(
     server: &Arc<EtcdServer>,
     req: Request<Incoming>,
+    conn: &ConnInfo,
     path: String,
 ) -> Response<RespBody> {
     let method = req.method().clone();
@@ -258,7 +308,7 @@ async fn keys_entry(
     ) {
         return method_not_allowed("HEAD,GET,PUT,POST,DELETE");
     }
-    let mut resp = keys_request(server, req, &method, &path).await;
+    let mut resp = keys_request(server, req, conn, &method, &path).await;
     resp.headers_mut()
         .insert(names::X_ETCD_CLUSTER_ID, server.cluster_id_header.clone());
     resp
@@ -267,9 +317,14 @@ async fn keys_entry(
 async fn keys_request(
     server: &Arc<EtcdServer>,
     req: Request<Incoming>,
+    conn: &ConnInfo,
     method: &Method,
     path: &str,
 ) -> Response<RespBody> {
+    // Only consulted once auth is enabled (one atomic load otherwise).
+    let creds = server
+        .auth_enabled()
+        .then(|| Credentials::from_request(req.headers(), conn));
     let query = req.uri().query().unwrap_or("").as_bytes().to_vec();
     let is_form = req
         .headers()
@@ -319,6 +374,13 @@ async fn keys_request(
             Ok(r) => r,
             Err(e) => return error_response(&e),
         };
+    if let Some(creds) = &creds {
+        // etcd checks access after parsing: a malformed request gets its parse error.
+        let key = &path[KEYS_PREFIX.len()..];
+        if !auth::has_key_prefix_access(server, method, creds, key, parsed.recursive).await {
+            return auth::key_no_auth();
+        }
+    }
     serve_keys(server, parsed).await
 }
 

@@ -173,6 +173,7 @@ impl Applier for ServerApplier {
         let now = SystemTime::now();
         let shared = Arc::clone(&self.shared);
         let mut results: Vec<(u64, ApplyResult)> = Vec::with_capacity(entries.len());
+        let mut auth_changed = false;
         {
             let mut store = shared.store.write().unwrap_or_else(|e| e.into_inner());
             for entry in entries {
@@ -198,9 +199,13 @@ impl Applier for ServerApplier {
                 if own_publish {
                     self.on_published();
                 }
+                auth_changed |= matches!(&req.body, RequestBody::V2(v2) if v2.touches_auth());
                 if let Some(res) = Self::apply_request(&mut store, &shared, req.body, now) {
                     results.push((req.id, res));
                 }
+            }
+            if auth_changed {
+                shared.refresh_auth(&store);
             }
         }
         // Answer the writers first, after releasing the store lock so they can read at
@@ -358,6 +363,7 @@ impl Applier for ServerApplier {
             return Err(format!("cannot restore snapshot at index {index}: {e}"));
         }
         let (members, version) = members_from_store(&store);
+        self.shared.refresh_auth(&store);
         store.flush_notifications();
         drop(store);
         *self

@@ -16,7 +16,7 @@ pub mod request;
 pub mod wait;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -83,12 +83,26 @@ pub struct Shared {
     pub cluster_id: u64,
     /// When this member started.
     pub start_time: SystemTime,
+    /// Whether v2 auth is enabled (`/2/enabled` is `true`), kept by apply so that a keys
+    /// request pays one atomic load for it.
+    pub auth_enabled: AtomicBool,
     /// Becomes true once this run's own publish (name and client URLs) is applied: from
     /// then on everything committed before the start is applied, and clients are served.
     pub ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
+    /// Re-reads `/2/enabled` after a change under `/2` (or a restore).
+    pub fn refresh_auth(&self, store: &Store) {
+        let enabled = store
+            .get("/2/enabled", false, false, SystemTime::now())
+            .ok()
+            .and_then(|ev| ev.node.and_then(|mut n| n.value.take()))
+            .and_then(|v| serde_json::from_str::<bool>(&v).ok())
+            .unwrap_or(false);
+        self.auth_enabled.store(enabled, Ordering::Release);
+    }
+
     /// Records the cluster version decided in the log (or read from a snapshot), logging
     /// etcd's lines the first time it becomes known in this run.
     pub fn set_cluster_version(&self, version: Option<String>) {
@@ -140,6 +154,20 @@ pub struct EtcdServer {
     pub enable_v2: bool,
     /// `--cors`: allowed origins; `None` allows every origin (`*`).
     pub cors: Option<Vec<String>>,
+    /// v2 auth state of this process.
+    pub auth: AuthState,
+}
+
+/// What the auth API keeps per process (the records themselves are in the store).
+#[derive(Default)]
+pub struct AuthState {
+    /// The auth directories were created (etcd's `ensuredOnce`).
+    pub ensured: AtomicBool,
+    /// Successful password checks.
+    pub passwords: crate::auth::PasswordCache,
+    /// `--client-cert-auth`: a request without an `Authorization` header is the user named
+    /// by its client certificate's common name.
+    pub client_cert_auth: bool,
 }
 
 impl EtcdServer {
@@ -163,6 +191,7 @@ impl EtcdServer {
             cluster_id_header,
             enable_v2: true,
             cors: None,
+            auth: AuthState::default(),
         }
     }
 
@@ -243,6 +272,11 @@ impl EtcdServer {
     pub fn get(&self, path: &str, recursive: bool, sorted: bool) -> ApplyResult {
         let store = self.shared.store.read().unwrap_or_else(|e| e.into_inner());
         store.get(path, recursive, sorted, SystemTime::now())
+    }
+
+    /// Whether v2 auth is enabled.
+    pub fn auth_enabled(&self) -> bool {
+        self.shared.auth_enabled.load(Ordering::Acquire)
     }
 
     /// Current raft term (X-Raft-Term).
@@ -576,6 +610,7 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         client_urls: opts.client_urls.clone(),
         cluster_id: cluster.id,
         start_time: SystemTime::now(),
+        auth_enabled: AtomicBool::new(false),
         ready: tokio::sync::watch::channel(false).0,
     });
     let (storage, restored) = open_storage(opts, &cluster, &me)?;
@@ -588,6 +623,7 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         let (members, version) = apply::members_from_store(&store);
         *shared.members.write().unwrap_or_else(|e| e.into_inner()) = members;
         shared.set_cluster_version(version);
+        shared.refresh_auth(&store);
         applied = index;
         tracing::info!(index, "snap: store restored from snapshot");
     }

@@ -117,6 +117,25 @@ impl V2Request {
     pub fn is_read(&self) -> bool {
         matches!(self, V2Request::QuorumGet { .. })
     }
+
+    /// The store path the request names.
+    pub fn path(&self) -> &str {
+        match self {
+            V2Request::Set { path, .. }
+            | V2Request::Create { path, .. }
+            | V2Request::Update { path, .. }
+            | V2Request::CompareAndSwap { path, .. }
+            | V2Request::Delete { path, .. }
+            | V2Request::CompareAndDelete { path, .. }
+            | V2Request::QuorumGet { path, .. } => path,
+        }
+    }
+
+    /// Whether the request writes the auth records (`/2`, see `crate::auth`).
+    pub fn touches_auth(&self) -> bool {
+        let p = self.path();
+        !self.is_read() && (p == "/2" || p.starts_with("/2/"))
+    }
 }
 
 impl RaftRequest {
