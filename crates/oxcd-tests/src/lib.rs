@@ -338,6 +338,33 @@ fn normalize_key(key: &str, base: u64) -> String {
         .join("/")
 }
 
+/// The server's index before a test's requests: `X-Etcd-Index` of `GET /v2/keys/`.
+pub fn base_index(m: &Member) -> u64 {
+    request(&m.client_url, "GET", "/v2/keys/", None)
+        .etcd_index
+        .expect("X-Etcd-Index on GET /v2/keys/")
+}
+
+/// Replaces absolute indexes in etcdctl's error lines (`[12]`) so two servers compare.
+pub fn mask_etcdctl_index(s: &str) -> String {
+    let mut out = String::new();
+    for line in s.lines() {
+        let masked = match (line.rfind('['), line.ends_with(']')) {
+            (Some(i), true)
+                if line[i + 1..line.len() - 1]
+                    .bytes()
+                    .all(|b| b.is_ascii_digit()) =>
+            {
+                format!("{}[N]", &line[..i])
+            }
+            _ => line.to_string(),
+        };
+        out.push_str(&masked);
+        out.push('\n');
+    }
+    out
+}
+
 /// A normalized reply, comparable across servers.
 pub fn normalized(reply: &Reply, base: u64) -> (u16, Option<i64>, String, Value) {
     let mut body = reply.json();

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use oxcd_tests::{Member, ETCD};
+use oxcd_tests::{mask_etcdctl_index, Member, ETCD};
 
 const ETCDCTL: &str = "/usr/bin/etcdctl";
 
@@ -44,26 +44,6 @@ fn etcdctl_passwd(endpoint: &str, extra: &str, user: &str, password: &str) -> (i
     // The pty echoes the typed password: keep etcdctl's own lines.
     let lines: Vec<&str> = text.lines().filter(|l| *l != password).collect();
     (out.status.code().unwrap_or(-1), lines.join("\n"))
-}
-
-/// Replaces absolute indexes in etcdctl's error lines (`[12]`) so both servers compare.
-fn mask_index(s: &str) -> String {
-    let mut out = String::new();
-    for line in s.lines() {
-        let masked = match (line.rfind('['), line.ends_with(']')) {
-            (Some(i), true)
-                if line[i + 1..line.len() - 1]
-                    .bytes()
-                    .all(|b| b.is_ascii_digit()) =>
-            {
-                format!("{}[N]", &line[..i])
-            }
-            _ => line.to_string(),
-        };
-        out.push_str(&masked);
-        out.push('\n');
-    }
-    out
 }
 
 #[test]
@@ -147,7 +127,8 @@ fn ctl_v2_users_roles_and_auth_behave_as_against_etcd() {
     for args in &script {
         let e = etcdctl(&etcd.client_url, args);
         let o = etcdctl(&oxcd.client_url, args);
-        let norm = |r: &(i32, String, String)| (r.0, mask_index(&r.1), mask_index(&r.2));
+        let norm =
+            |r: &(i32, String, String)| (r.0, mask_etcdctl_index(&r.1), mask_etcdctl_index(&r.2));
         let (ne, no) = (norm(&e), norm(&o));
         if ne != no {
             diffs.push(format!("etcdctl {args:?}\n  etcd: {ne:?}\n  oxcd: {no:?}"));
@@ -175,7 +156,8 @@ fn ctl_v2_users_roles_and_auth_behave_as_against_etcd() {
     ] {
         let e = etcdctl(&etcd.client_url, &args);
         let o = etcdctl(&oxcd.client_url, &args);
-        let norm = |r: &(i32, String, String)| (r.0, mask_index(&r.1), mask_index(&r.2));
+        let norm =
+            |r: &(i32, String, String)| (r.0, mask_etcdctl_index(&r.1), mask_etcdctl_index(&r.2));
         if norm(&e) != norm(&o) {
             diffs.push(format!("etcdctl {args:?}\n  etcd: {e:?}\n  oxcd: {o:?}"));
         }

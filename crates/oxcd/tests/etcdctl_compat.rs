@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use oxcd_tests::{Member, ETCD};
+use oxcd_tests::{mask_etcdctl_index, Member, ETCD};
 
 const ETCDCTL: &str = "/usr/bin/etcdctl";
 
@@ -21,26 +21,6 @@ fn etcdctl(endpoint: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// Replaces absolute indexes in etcdctl's error lines (`[12]`) so both servers compare.
-fn mask_index(s: &str) -> String {
-    let mut out = String::new();
-    for line in s.lines() {
-        let masked = match (line.rfind('['), line.ends_with(']')) {
-            (Some(i), true)
-                if line[i + 1..line.len() - 1]
-                    .bytes()
-                    .all(|b| b.is_ascii_digit()) =>
-            {
-                format!("{}[N]", &line[..i])
-            }
-            _ => line.to_string(),
-        };
-        out.push_str(&masked);
-        out.push('\n');
-    }
-    out
 }
 
 #[test]
@@ -84,13 +64,13 @@ fn ctl_v2_commands_behave_as_against_etcd() {
         // Unsorted listings come in Go's random map order from etcd: compare them as sets.
         let unsorted = args[0] == "ls" && !args.contains(&"--sort");
         let norm = |r: &(i32, String, String)| {
-            let mut out = mask_index(&r.1);
+            let mut out = mask_etcdctl_index(&r.1);
             if unsorted {
                 let mut lines: Vec<&str> = out.lines().collect();
                 lines.sort_unstable();
                 out = lines.join("\n");
             }
-            (r.0, out, mask_index(&r.2))
+            (r.0, out, mask_etcdctl_index(&r.2))
         };
         let (ne, no) = (norm(&e), norm(&o));
         // JSON output carries absolute indexes; compare it parsed and normalized.

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
-use oxcd_tests::{normalized, ureq, Member, Reply, ETCD};
+use oxcd_tests::{base_index, normalized, ureq, Member, Reply, ETCD};
 
 /// One step: method, path, credentials (`user:pass`, or `raw:<Authorization value>`), body.
 /// A path ending in `#status` compares only status and headers (bodies that name ports).
@@ -99,12 +99,6 @@ struct Pair {
     etcd_base: u64,
     oxcd_base: u64,
     mismatches: Vec<String>,
-}
-
-fn base_index(m: &Member) -> u64 {
-    oxcd_tests::request(&m.client_url, "GET", "/v2/keys/", None)
-        .etcd_index
-        .expect("X-Etcd-Index on GET /v2/keys/")
 }
 
 impl Pair {

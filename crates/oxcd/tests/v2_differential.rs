@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use oxcd_tests::{normalized, request, Member, Reply, ETCD};
+use oxcd_tests::{base_index, normalized, request, Member, Reply, ETCD};
 
 struct Pair {
     etcd: Member,
@@ -13,12 +13,6 @@ struct Pair {
     etcd_base: u64,
     oxcd_base: u64,
     mismatches: Vec<String>,
-}
-
-fn base_index(m: &Member) -> u64 {
-    request(&m.client_url, "GET", "/v2/keys/", None)
-        .etcd_index
-        .expect("X-Etcd-Index on GET /v2/keys/")
 }
 
 impl Pair {
