@@ -275,6 +275,15 @@ impl RaftStorage {
         wal.as_ref().is_some_and(|w| w.direct_io())
     }
 
+    /// The WAL's segment being written and how much of it is on stable storage (see
+    /// [`oxcd_wal::Wal::durable_tail`]); `None` without a WAL. The simulation uses it to
+    /// lose what a power failure would.
+    #[cfg(test)]
+    pub(crate) fn wal_durable_tail(&self) -> Option<(std::path::PathBuf, u64)> {
+        let wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        wal.as_ref().map(|w| w.durable_tail())
+    }
+
     /// Makes a Ready's snapshot, entries and HardState durable (one WAL write and fdatasync)
     /// and then visible to raft, in that order.
     pub fn persist(
