@@ -594,6 +594,7 @@ impl Wal {
                 "truncate the finished segment in {}",
                 self.dir.display()
             )))?;
+        self.synced = self.size;
         let head = file_head(&mut self.crc, &self.metadata, &self.hard_state);
         let mut f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
         f.write_all(&head)

@@ -23,13 +23,17 @@
 //! A crash drops the member's `RaftNode` with all its memory — raft state, applied state,
 //! reads waiting — and the messages to it; those it sent already may still arrive. On a
 //! power loss the WAL also loses what was written after its last fdatasync (the commit-only
-//! hard states the WAL does not sync), all of it or a torn part. A restart reopens the
+//! hard states the WAL does not sync), all of it or a torn part. A member may also crash in
+//! the middle of a Ready, at one of `oxcd_wal`'s failpoints (armed for the test's thread,
+//! where it panics instead of aborting): what the Ready sent and applied before the point
+//! stays done, what it would have done after is not. A restart reopens the
 //! directory as the server does (`storage::recover`, the store restored from the snapshot,
 //! the committed entries after it replayed by the first Ready).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::os::unix::fs::FileExt;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -192,8 +196,36 @@ impl Applier for Log {
     }
 }
 
+/// The failpoints on the raft thread, where a member may crash in the middle of a Ready:
+/// before a batch's fdatasync, inside a segment cut, while writing a snapshot file and
+/// between it and its WAL marker. (The purge point runs on a thread of its own.)
+const READY_CRASH_POINTS: &[&str] = &[
+    "wal_before_sync",
+    "wal_cut_before_rename",
+    "wal_cut_after_rename",
+    "snap_file_before_rename",
+    "snap_after_file_before_marker",
+];
+
+/// Failpoint crashes unwind through the panic machinery: keep them out of the test output.
+fn quiet_failpoint_crashes() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info
+                .payload()
+                .downcast_ref::<oxcd_wal::failpoint::Crash>()
+                .is_none()
+            {
+                default(info);
+            }
+        }));
+    });
+}
+
 /// WAL segments of simulated members: small, so schedules cross many segment cuts.
-const SEGMENT: u64 = 16 * 1024;
+const SEGMENT: u64 = 4 * 1024;
 
 fn raft_config(id: u64, applied: u64) -> RaftConfig {
     RaftConfig {
@@ -231,6 +263,8 @@ struct Member {
     seen_reads: usize,
     /// The lowest applied index this member may expose from now on (its reads never go back).
     floor: u64,
+    /// A failpoint at which the member crashes in the middle of a later Ready.
+    armed: Option<&'static str>,
 }
 
 #[derive(Debug, Default)]
@@ -244,6 +278,8 @@ struct Stats {
     restarts: u64,
     /// Restarts that came back with a lower applied index than the member had exposed.
     restarted_behind: u64,
+    /// Crashes inside a Ready, by failpoint.
+    crashed_at: BTreeMap<&'static str, u64>,
     reads_served: u64,
     acked: u64,
 }
@@ -305,6 +341,9 @@ impl Sim {
     fn new(n: u64, seed: u64, durable: bool) -> Sim {
         let bootstrap: Vec<(u64, Vec<u8>)> = (1..=n).map(|id| (id, Vec::new())).collect();
         let dir = durable.then(sim_dir);
+        if durable {
+            quiet_failpoint_crashes();
+        }
         let mut members = Vec::new();
         for id in 1..=n {
             let storage = match &dir {
@@ -341,6 +380,7 @@ impl Sim {
                 seen_applied: 0,
                 seen_reads: 0,
                 floor: 0,
+                armed: None,
             });
         }
         Sim {
@@ -386,13 +426,39 @@ impl Sim {
         self.isolated.contains(&a) == self.isolated.contains(&b)
     }
 
-    /// Handles member `i`'s Ready (if it is up), then checks what it exposed.
+    /// Handles member `i`'s Ready (if it is up), then checks what it exposed. A member with
+    /// an armed failpoint crashes when its Ready reaches that point.
     fn ready(&mut self, i: usize) {
+        let armed = self.members[i].armed;
         let Some(node) = self.members[i].node.as_mut() else {
             return;
         };
-        node.handle_ready().expect("storage does not fail");
-        self.check_member(i);
+        let Some(point) = armed else {
+            node.handle_ready().expect("storage does not fail");
+            self.check_member(i);
+            return;
+        };
+        oxcd_wal::failpoint::arm_in_thread(point, 1);
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| node.handle_ready()));
+        oxcd_wal::failpoint::disarm_in_thread();
+        match outcome {
+            Ok(result) => {
+                result.expect("storage does not fail");
+                self.check_member(i);
+            }
+            Err(payload) => {
+                let Ok(crash) = payload.downcast::<oxcd_wal::failpoint::Crash>() else {
+                    panic!("member {}: Ready panicked", i + 1);
+                };
+                assert_eq!(crash.0, point);
+                *self.stats.crashed_at.entry(point).or_default() += 1;
+                // What the Ready exposed before the crash (entries applied ahead of the
+                // persist, their clients answered) was exposed.
+                self.check_member(i);
+                let power_loss = self.rng.chance(50);
+                self.crash(i, power_loss);
+            }
+        }
     }
 
     /// Checks what member `i` exposed in its last Ready: acknowledges the writes it applied
@@ -530,6 +596,7 @@ impl Sim {
             return;
         };
         drop(node);
+        self.members[i].armed = None;
         self.stats.crashes += 1;
         let id = self.members[i].id;
         // What it sent is on the wire: it may arrive or not. What was sent to it is lost.
@@ -623,6 +690,7 @@ impl Sim {
             seen_applied: 0,
             seen_reads: 0,
             floor: 0,
+            armed: None,
         };
         self.ready(i);
         let index = self.members[i].log.applied_index();
@@ -708,6 +776,79 @@ impl Sim {
             }
         }
     }
+    /// Heals everything (with a power loss of the whole cluster and a restart of every
+    /// member when `crashes`), lets the cluster settle and commits one more write, then
+    /// checks the end state: identical applied logs and stores, every acknowledged write
+    /// in every member, raft logs agreeing.
+    fn finish(&mut self, crashes: bool) {
+        // Heal: every member back, no faults.
+        for i in self.down() {
+            self.restart(i);
+        }
+        self.stabilise(300);
+        if crashes {
+            // The whole cluster loses power at once and restarts: nothing acknowledged may be
+            // lost with it.
+            for i in 0..self.members.len() {
+                let power_loss = self.rng.chance(50);
+                self.crash(i, power_loss);
+            }
+            for i in 0..self.members.len() {
+                self.restart(i);
+            }
+            self.check_prefixes();
+            self.stabilise(300);
+        }
+        assert!(self.leader().is_some(), "no leader after healing");
+        // Commit one more proposal on the leader so every earlier entry is committed everywhere.
+        let leader = self.leader().unwrap();
+        self.propose(leader, b"final".to_vec());
+        for _ in 0..50 {
+            self.tick_all();
+            self.deliver(false);
+        }
+        self.check_prefixes();
+        self.check_raft_logs();
+        let reference = self.applied(0);
+        for i in 1..self.members.len() {
+            assert_eq!(self.applied(i), reference, "member {} diverged", i + 1);
+        }
+        // The stores are identical too, down to every index (the v2 store is deterministic).
+        let state = self.members[0].log.store_tree();
+        for i in 1..self.members.len() {
+            assert!(
+                self.members[i].log.store_tree() == state,
+                "member {}'s store differs",
+                i + 1
+            );
+        }
+        assert!(
+            reference.iter().any(|(_, d)| d == b"final"),
+            "final proposal not applied"
+        );
+        // No acknowledged write was lost: each is in every member's log at the index it was
+        // acknowledged at, and in every member's store.
+        let by_index: HashMap<u64, &Vec<u8>> = reference.iter().map(|(i, d)| (*i, d)).collect();
+        for (data, index) in &self.acked {
+            assert_eq!(
+                by_index.get(index).copied(),
+                Some(data),
+                "acknowledged write {data:?} (index {index}) lost"
+            );
+            for m in &self.members {
+                assert!(
+                    m.log.has_write(data),
+                    "member {}'s store lacks acknowledged {data:?}",
+                    m.id
+                );
+            }
+        }
+        // Every applied proposal is unique (no entry applied twice).
+        let mut seen = HashMap::new();
+        for (idx, d) in &reference {
+            assert!(seen.insert(idx, d).is_none(), "index {idx} applied twice");
+        }
+    }
 }
 
 /// Prints the failing seed (and how to replay it) when a schedule panics.
@@ -765,12 +906,22 @@ fn run_schedule(seed: u64, members: u64, steps: usize, crashes: bool) -> Stats {
             }
             94..=95 => sim.isolated.clear(),
             _ if !crashes => sim.isolated.clear(),
-            96..=97 => {
+            96 => {
                 let up = sim.up();
                 if !up.is_empty() {
                     let target = up[sim.rng.below(up.len() as u64) as usize];
                     let power_loss = sim.rng.chance(50);
                     sim.crash(target, power_loss);
+                }
+            }
+            97 => {
+                // It crashes when a later Ready reaches the point (if it ever does).
+                let up = sim.up();
+                if !up.is_empty() {
+                    let target = up[sim.rng.below(up.len() as u64) as usize];
+                    let point =
+                        READY_CRASH_POINTS[sim.rng.below(READY_CRASH_POINTS.len() as u64) as usize];
+                    sim.members[target].armed = Some(point);
                 }
             }
             _ => {
@@ -783,73 +934,7 @@ fn run_schedule(seed: u64, members: u64, steps: usize, crashes: bool) -> Stats {
         }
         sim.check_prefixes();
     }
-    // Heal: every member back, no faults.
-    for i in sim.down() {
-        sim.restart(i);
-    }
-    sim.stabilise(300);
-    if crashes {
-        // The whole cluster loses power at once and restarts: nothing acknowledged may be
-        // lost with it.
-        for i in 0..sim.members.len() {
-            let power_loss = sim.rng.chance(50);
-            sim.crash(i, power_loss);
-        }
-        for i in 0..sim.members.len() {
-            sim.restart(i);
-        }
-        sim.check_prefixes();
-        sim.stabilise(300);
-    }
-    assert!(sim.leader().is_some(), "no leader after healing");
-    // Commit one more proposal on the leader so every earlier entry is committed everywhere.
-    let leader = sim.leader().unwrap();
-    sim.propose(leader, b"final".to_vec());
-    for _ in 0..50 {
-        sim.tick_all();
-        sim.deliver(false);
-    }
-    sim.check_prefixes();
-    sim.check_raft_logs();
-    let reference = sim.applied(0);
-    for i in 1..sim.members.len() {
-        assert_eq!(sim.applied(i), reference, "member {} diverged", i + 1);
-    }
-    // The stores are identical too, down to every index (the v2 store is deterministic).
-    let state = sim.members[0].log.store_tree();
-    for i in 1..sim.members.len() {
-        assert!(
-            sim.members[i].log.store_tree() == state,
-            "member {}'s store differs",
-            i + 1
-        );
-    }
-    assert!(
-        reference.iter().any(|(_, d)| d == b"final"),
-        "final proposal not applied"
-    );
-    // No acknowledged write was lost: each is in every member's log at the index it was
-    // acknowledged at, and in every member's store.
-    let by_index: HashMap<u64, &Vec<u8>> = reference.iter().map(|(i, d)| (*i, d)).collect();
-    for (data, index) in &sim.acked {
-        assert_eq!(
-            by_index.get(index).copied(),
-            Some(data),
-            "acknowledged write {data:?} (index {index}) lost"
-        );
-        for m in &sim.members {
-            assert!(
-                m.log.has_write(data),
-                "member {}'s store lacks acknowledged {data:?}",
-                m.id
-            );
-        }
-    }
-    // Every applied proposal is unique (no entry applied twice).
-    let mut seen = HashMap::new();
-    for (idx, d) in &reference {
-        assert!(seen.insert(idx, d).is_none(), "index {idx} applied twice");
-    }
+    sim.finish(crashes);
     std::mem::take(&mut sim.stats)
 }
 
@@ -933,6 +1018,52 @@ fn a_member_restarts_from_its_wal_and_snapshot() {
     assert_eq!(sim.members[follower].log.applied_index(), before);
     assert_eq!(sim.applied(follower), sim.applied(leader));
     assert_eq!(sim.stats.acked, 120);
+    // The schedules' WALs are small enough to be cut into several segments.
+    let wal_dir = sim
+        .dir
+        .as_ref()
+        .unwrap()
+        .join(format!("{}/wal", follower + 1));
+    let segments = fs::read_dir(wal_dir).unwrap().count();
+    assert!(segments > 2, "{segments} WAL segments");
+}
+
+#[test]
+fn a_crash_at_every_failpoint_loses_no_acknowledged_write() {
+    // The random schedules rarely reach a segment cut while a member is armed for it: here
+    // the leader, then a follower, crashes at each point in turn, under steady writes.
+    for (k, &point) in READY_CRASH_POINTS.iter().enumerate() {
+        for leader_crashes in [true, false] {
+            let seed = 100 + 2 * k as u64 + leader_crashes as u64;
+            let _guard = SeedGuard {
+                seed,
+                members: 3,
+                crashes: true,
+            };
+            let mut sim = Sim::new(3, seed, true);
+            sim.stabilise(100);
+            let leader = sim.leader().expect("a leader is elected");
+            let target = if leader_crashes {
+                leader
+            } else {
+                (leader + 1) % 3
+            };
+            sim.members[target].armed = Some(point);
+            let mut n = 0;
+            while sim.is_up(target) {
+                assert!(n < 1000, "{point} never reached");
+                if let Some(leader) = sim.leader() {
+                    sim.propose(leader, format!("p{n}").into_bytes());
+                    n += 1;
+                }
+                sim.deliver(false);
+                sim.tick_all();
+            }
+            assert_eq!(sim.stats.crashed_at.get(point), Some(&1));
+            sim.restart(target);
+            sim.finish(true);
+        }
+    }
 }
 
 /// Seeds are fixed so failures replay: `OXCD_SIM_SEEDS=N` runs N per test instead of the
@@ -972,11 +1103,15 @@ fn crash_schedules(members: u64, default: u64, base: u64) {
         total.restarts += s.restarts;
         total.restarted_behind += s.restarted_behind;
         total.reads_served += s.reads_served;
+        for (point, n) in s.crashed_at {
+            *total.crashed_at.entry(point).or_default() += n;
+        }
         total.acked += s.acked;
     }
     eprintln!("sim: {members} members with crashes: {total:?}");
     // The schedules must actually exercise what they claim to.
     assert!(total.crashes > 0 && total.restarts >= total.crashes);
+    assert!(total.crashed_at.contains_key("wal_before_sync"));
     assert!(total.reads_served > 0 && total.acked > 0);
 }
 
