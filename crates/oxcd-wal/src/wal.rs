@@ -67,6 +67,11 @@ pub struct Wal {
     last_sync: Option<std::time::Duration>,
     /// The segment is written (records or zeros) up to here; beyond it may be a hole.
     written: u64,
+    /// The segment's records up to here are on stable storage (the end of the last synced
+    /// write); later ones were written without a sync (commit-only hard states).
+    synced: u64,
+    /// The segment being written.
+    path: PathBuf,
     /// Direct writes to the current segment, where the file system has them.
     direct: Option<DirectWriter>,
     /// Whether new segments try direct writes: off for good once one failed.
@@ -306,7 +311,9 @@ impl Wal {
             scratch: Vec::new(),
             last_sync: None,
             written: buf.len() as u64,
+            synced: buf.len() as u64,
             direct: open_direct(&path, buf.len() as u64, segment_size),
+            path,
             try_direct: true,
             direct_failure: None,
             snapshot_index: 0,
@@ -510,7 +517,9 @@ impl Wal {
             scratch: Vec::new(),
             last_sync: None,
             written: last_len,
+            synced: last_len,
             direct: open_direct(&path, last_len, segment_size),
+            path,
             try_direct: true,
             direct_failure: None,
             snapshot_index: snap.index,
@@ -609,6 +618,7 @@ impl Wal {
                 Ok(()) => {
                     if sync {
                         self.last_sync = Some(started.elapsed());
+                        self.synced = end;
                     }
                     self.written = self.written.max(zeros_to);
                     self.size = end;
@@ -636,6 +646,7 @@ impl Wal {
             let started = std::time::Instant::now();
             self.file.sync_data().map_err(io_err(ctx()))?;
             self.last_sync = Some(started.elapsed());
+            self.synced = end;
         }
         self.size += self.buf.len() as u64;
         Ok(())
@@ -654,6 +665,7 @@ impl Wal {
                 "truncate the finished segment in {}",
                 self.dir.display()
             )))?;
+        self.synced = self.size;
         let head = file_head(&mut self.crc, &self.metadata, &self.hard_state);
         let mut f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
         f.write_all(&head)
@@ -669,9 +681,11 @@ impl Wal {
             .write(true)
             .open(&path)
             .map_err(io_err(format!("open {}", path.display())))?;
+        self.path = path.clone();
         self.seq = seq;
         self.size = head.len() as u64;
         self.written = self.size;
+        self.synced = self.size;
         self.direct = self
             .try_direct
             .then(|| open_direct(&path, self.size, self.segment_size))
@@ -719,6 +733,13 @@ impl Wal {
     /// The error that turned direct writes off, once (None if they never failed).
     pub fn take_direct_failure(&mut self) -> Option<std::io::Error> {
         self.direct_failure.take()
+    }
+
+    /// The segment being written and how many of its bytes are on stable storage: a power
+    /// failure may lose (or tear) what lies after, never what lies before, nor any earlier
+    /// segment (a cut syncs the finished one).
+    pub fn durable_tail(&self) -> (PathBuf, u64) {
+        (self.path.clone(), self.synced)
     }
 
     /// Index of the last entry written.

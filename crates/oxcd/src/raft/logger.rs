@@ -23,6 +23,20 @@ impl Drain for TracingDrain {
     type Err = slog::Never;
 
     fn log(&self, record: &Record, values: &OwnedKVList) -> Result<(), slog::Never> {
+        // Formatting a record's key-values costs more than raft-rs's work around it: skip
+        // records that tracing would drop (raft-rs's debug records, in builds that keep them).
+        let enabled = match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::enabled!(target: "oxcd::raft", tracing::Level::ERROR)
+            }
+            slog::Level::Warning => tracing::enabled!(target: "oxcd::raft", tracing::Level::WARN),
+            slog::Level::Info => tracing::enabled!(target: "oxcd::raft", tracing::Level::INFO),
+            slog::Level::Debug => tracing::enabled!(target: "oxcd::raft", tracing::Level::DEBUG),
+            slog::Level::Trace => tracing::enabled!(target: "oxcd::raft", tracing::Level::TRACE),
+        };
+        if !enabled {
+            return Ok(());
+        }
         let mut kv = KvCollector(String::new());
         let _ = record.kv().serialize(record, &mut kv);
         let _ = values.serialize(record, &mut kv);

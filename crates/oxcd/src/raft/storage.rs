@@ -269,6 +269,21 @@ impl RaftStorage {
         *self.wal.lock().unwrap_or_else(|e| e.into_inner()) = Some(wal);
     }
 
+    /// Whether the WAL writes with direct I/O (false without a WAL).
+    pub fn direct_io(&self) -> bool {
+        let wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        wal.as_ref().is_some_and(|w| w.direct_io())
+    }
+
+    /// The WAL's segment being written and how much of it is on stable storage (see
+    /// [`oxcd_wal::Wal::durable_tail`]); `None` without a WAL. The simulation uses it to
+    /// lose what a power failure would.
+    #[cfg(test)]
+    pub(crate) fn wal_durable_tail(&self) -> Option<(std::path::PathBuf, u64)> {
+        let wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        wal.as_ref().map(|w| w.durable_tail())
+    }
+
     /// Makes a Ready's snapshot, entries and HardState durable (one WAL write and fdatasync)
     /// and then visible to raft, in that order.
     pub fn persist(
@@ -395,6 +410,115 @@ impl RaftStorage {
             core.snapshot.data = Default::default();
         }
     }
+}
+
+/// A member's log as a restart reads it back from disk (see [`recover`]).
+pub struct Recovered {
+    /// The log over the reopened WAL (attached). The snapshot directory is not attached
+    /// yet: the caller first checks `metadata`, then attaches it (which enables purges).
+    pub storage: RaftStorage,
+    /// The snapshot the log continues from, with its store data; `None` for a full replay.
+    pub snapshot: Option<oxcd_wal::Snapshot>,
+    /// The WAL's metadata (the server's member and cluster ID).
+    pub metadata: Vec<u8>,
+    /// The last HardState in the WAL.
+    pub hard_state: oxcd_wal::HardState,
+    /// How many entries after the snapshot the WAL held.
+    pub entries: usize,
+    /// Where a torn tail was cut off, if one was.
+    pub repaired: Option<String>,
+}
+
+/// Reads a member's log back at a restart: the newest snapshot whose marker the WAL holds,
+/// then the WAL from that marker on (a torn tail is truncated). A crash between writing a
+/// snapshot file and its WAL marker leaves a snapshot the WAL does not know: the WAL still
+/// holds everything since the previous one, so this falls back to that (or to a full
+/// replay). Files are read one at a time, newest first: usually only the newest is read.
+pub fn recover(
+    wal_dir: &std::path::Path,
+    snapshotter: &oxcd_wal::Snapshotter,
+    segment_size: u64,
+) -> oxcd_wal::Result<Recovered> {
+    let mut opened = None;
+    for (index, term, path) in snapshotter.newest_first() {
+        let Some(cand) = oxcd_wal::Snapshotter::load_file(&path) else {
+            tracing::warn!(file = %path.display(), "snap: damaged snapshot file skipped");
+            continue;
+        };
+        let marker = oxcd_wal::SnapshotMarker { index, term };
+        match oxcd_wal::Wal::open(wal_dir, marker, segment_size) {
+            Ok(x) => {
+                opened = Some((x, cand));
+                break;
+            }
+            Err(oxcd_wal::Error::SnapshotNotFound { index, .. }) => {
+                tracing::warn!(
+                    index,
+                    "snap: snapshot not recorded in the WAL, trying an older one"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let ((wal, contents), chosen) = match opened {
+        Some(x) => x,
+        None => (
+            oxcd_wal::Wal::open(wal_dir, oxcd_wal::SnapshotMarker::default(), segment_size)?,
+            oxcd_wal::Snapshot::default(),
+        ),
+    };
+    let snapshot = (chosen.index > 0).then_some(chosen);
+    let hs = contents.hard_state;
+    let raft_hs = HardState {
+        term: hs.term,
+        vote: hs.vote,
+        commit: hs.commit,
+        ..Default::default()
+    };
+    let n = contents.entries.len();
+    let entries = contents.entries.into_iter().map(from_wal_entry).collect();
+    let raft_snap = snapshot.as_ref().map(|s| {
+        let mut rs = Snapshot::default();
+        let meta = rs.mut_metadata();
+        meta.index = s.index;
+        meta.term = s.term;
+        meta.mut_conf_state().voters = s.voters.clone();
+        meta.mut_conf_state().learners = s.learners.clone();
+        // The data stays on disk; a lagging follower's copy is read from the file.
+        rs
+    });
+    let storage = RaftStorage::restore(raft_snap, raft_hs, entries);
+    storage.attach_wal(wal);
+    Ok(Recovered {
+        storage,
+        snapshot,
+        metadata: contents.metadata,
+        hard_state: hs,
+        entries: n,
+        repaired: contents.repaired,
+    })
+}
+
+/// Creates the WAL of a brand-new member in `wal_dir` with the bootstrap log (see
+/// [`RaftStorage::new_bootstrap`]) durable in it, and the log storage over it.
+pub fn create_on_disk(
+    wal_dir: &std::path::Path,
+    metadata: &[u8],
+    members: &[(u64, Vec<u8>)],
+    segment_size: u64,
+) -> oxcd_wal::Result<RaftStorage> {
+    let mut wal = oxcd_wal::Wal::create(wal_dir, metadata, segment_size)?;
+    let entries = bootstrap_entries(members);
+    let hs = oxcd_wal::HardState {
+        term: 1,
+        vote: 0,
+        commit: entries.len() as u64,
+    };
+    let refs: Vec<oxcd_wal::EntryRef<'_>> = entries.iter().map(wal_entry_ref).collect();
+    wal.save_refs(Some(&hs), &refs)?;
+    let storage = RaftStorage::new_bootstrap(members);
+    storage.attach_wal(wal);
+    Ok(storage)
 }
 
 /// Removal of WAL files wholly before a snapshot and of snapshots beyond the limits

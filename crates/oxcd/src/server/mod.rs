@@ -427,9 +427,7 @@ fn open_storage(
     cluster: &Cluster,
     me: &Member,
 ) -> Result<(crate::raft::storage::RaftStorage, Restored), BootstrapError> {
-    use crate::raft::storage::{
-        bootstrap_entries, from_wal_entry, wal_entry_ref, RaftStorage, SnapshotFiles,
-    };
+    use crate::raft::storage::SnapshotFiles;
     let member_dir = opts.data_dir.join("member");
     let wal_dir = opts
         .wal_dir
@@ -461,47 +459,15 @@ fn open_storage(
     };
     if oxcd_wal::Wal::exists(&wal_dir) {
         let started = std::time::Instant::now();
-        // The newest snapshot whose marker the WAL holds. A crash between writing a snapshot
-        // file and its WAL marker leaves a snapshot the WAL does not know: the WAL still
-        // holds everything since the previous one, so fall back to that (or to a full replay).
-        // Files are read one at a time, newest first: usually only the newest is read.
-        let mut opened = None;
-        for (index, term, path) in snapshotter.newest_first() {
-            let Some(cand) = oxcd_wal::Snapshotter::load_file(&path) else {
-                tracing::warn!(file = %path.display(), "snap: damaged snapshot file skipped");
-                continue;
-            };
-            let marker = oxcd_wal::SnapshotMarker { index, term };
-            match oxcd_wal::Wal::open(&wal_dir, marker, seg) {
-                Ok(x) => {
-                    opened = Some((x, cand));
-                    break;
-                }
-                Err(oxcd_wal::Error::SnapshotNotFound { index, .. }) => {
-                    tracing::warn!(
-                        index,
-                        "snap: snapshot not recorded in the WAL, trying an older one"
-                    );
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let ((wal, contents), chosen) = match opened {
-            Some(x) => x,
-            None => (
-                oxcd_wal::Wal::open(&wal_dir, oxcd_wal::SnapshotMarker::default(), seg)?,
-                oxcd_wal::Snapshot::default(),
-            ),
-        };
-        let snap = (chosen.index > 0).then_some(chosen);
-        if let Some(where_) = &contents.repaired {
+        let recovered = crate::raft::storage::recover(&wal_dir, &snapshotter, seg)?;
+        if let Some(where_) = &recovered.repaired {
             tracing::warn!(at = %where_, "wal: torn tail truncated (crash during a write)");
         }
         for file in &contents.removed_temporaries {
             tracing::warn!(file = %file.display(), "wal: removed a temporary file left by a crash");
         }
         let want = wal_metadata(me.id, cluster.id);
-        if contents.metadata != want {
+        if recovered.metadata != want {
             let field = |m: &[u8], i: usize| {
                 m.get(i * 8..i * 8 + 8)
                     .and_then(|b| b.try_into().ok())
@@ -512,37 +478,18 @@ fn open_storage(
                 dir: opts.data_dir.display().to_string(),
                 member: crate::membership::id_to_string(me.id),
                 cluster: crate::membership::id_to_string(cluster.id),
-                found_member: field(&contents.metadata, 0),
-                found_cluster: field(&contents.metadata, 1),
+                found_member: field(&recovered.metadata, 0),
+                found_cluster: field(&recovered.metadata, 1),
             });
         }
-        let n = contents.entries.len();
-        let hs = contents.hard_state;
-        let raft_hs = raft::prelude::HardState {
-            term: hs.term,
-            vote: hs.vote,
-            commit: hs.commit,
-            ..Default::default()
-        };
-        let entries = contents.entries.into_iter().map(from_wal_entry).collect();
-        let raft_snap = snap.as_ref().map(|s| {
-            let mut rs = raft::prelude::Snapshot::default();
-            let meta = rs.mut_metadata();
-            meta.index = s.index;
-            meta.term = s.term;
-            meta.mut_conf_state().voters = s.voters.clone();
-            meta.mut_conf_state().learners = s.learners.clone();
-            // The data stays on disk; a lagging follower's copy is read from the file.
-            rs
-        });
-        let storage = RaftStorage::restore(raft_snap, raft_hs, entries);
-        let direct_io = wal.direct_io();
-        storage.attach_wal(wal);
+        let storage = recovered.storage;
+        let direct_io = storage.direct_io();
         storage.attach_snapshots(files(snapshotter));
         storage.purge_now();
+        let snap = recovered.snapshot;
         tracing::info!(
-            entries = n,
-            commit = hs.commit,
+            entries = recovered.entries,
+            commit = recovered.hard_state.commit,
             took_ms = started.elapsed().as_millis() as u64,
             wal = %wal_dir.display(),
             direct_io,
@@ -561,22 +508,17 @@ fn open_storage(
         .iter()
         .map(|m| (m.id, serde_json::to_vec(m).expect("member encodes")))
         .collect();
-    let mut wal = oxcd_wal::Wal::create(&wal_dir, &wal_metadata(me.id, cluster.id), seg)?;
-    let entries = bootstrap_entries(&bootstrap);
-    let hs = oxcd_wal::HardState {
-        term: 1,
-        vote: 0,
-        commit: entries.len() as u64,
-    };
-    let wal_entries: Vec<oxcd_wal::EntryRef<'_>> = entries.iter().map(wal_entry_ref).collect();
-    wal.save_refs(Some(&hs), &wal_entries)?;
+    let storage = crate::raft::storage::create_on_disk(
+        &wal_dir,
+        &wal_metadata(me.id, cluster.id),
+        &bootstrap,
+        seg,
+    )?;
     tracing::info!(
         wal = %wal_dir.display(),
-        direct_io = wal.direct_io(),
+        direct_io = storage.direct_io(),
         "wal: created for a new member"
     );
-    let storage = RaftStorage::new_bootstrap(&bootstrap);
-    storage.attach_wal(wal);
     storage.attach_snapshots(files(snapshotter));
     Ok((storage, None))
 }
