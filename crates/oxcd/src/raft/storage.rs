@@ -427,6 +427,8 @@ pub struct Recovered {
     pub entries: usize,
     /// Where a torn tail was cut off, if one was.
     pub repaired: Option<String>,
+    /// Temporary WAL files a crash left behind, removed on opening.
+    pub removed_temporaries: Vec<std::path::PathBuf>,
 }
 
 /// Reads a member's log back at a restart: the newest snapshot whose marker the WAL holds,
@@ -496,6 +498,7 @@ pub fn recover(
         hard_state: hs,
         entries: n,
         repaired: contents.repaired,
+        removed_temporaries: contents.removed_temporaries,
     })
 }
 

@@ -463,7 +463,7 @@ fn open_storage(
         if let Some(where_) = &recovered.repaired {
             tracing::warn!(at = %where_, "wal: torn tail truncated (crash during a write)");
         }
-        for file in &contents.removed_temporaries {
+        for file in &recovered.removed_temporaries {
             tracing::warn!(file = %file.display(), "wal: removed a temporary file left by a crash");
         }
         let want = wal_metadata(me.id, cluster.id);
