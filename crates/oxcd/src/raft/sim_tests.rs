@@ -623,9 +623,16 @@ impl Sim {
         if end <= synced {
             return;
         }
-        // Some prefix of the unsynced bytes may have reached the disk; the rest reads back
-        // as the zeros of the preallocated segment.
-        let keep = synced + self.rng.below((end - synced) as u64 + 1) as usize;
+        // Some of the unsynced sectors may have reached the disk, in order; the rest read
+        // back as the zeros of the preallocated segment. A disk writes whole sectors: the
+        // sector holding the synced end keeps at least its synced bytes.
+        const SECTOR: usize = 512;
+        let cut = synced + self.rng.below((end - synced) as u64 + 1) as usize;
+        let keep = if cut == end {
+            end
+        } else {
+            (cut / SECTOR * SECTOR).max(synced)
+        };
         if keep < end {
             self.stats.unsynced_lost += 1;
             let f = fs::OpenOptions::new()
