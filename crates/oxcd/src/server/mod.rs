@@ -342,6 +342,9 @@ pub struct ServerOptions {
     pub enable_v2: bool,
     /// `--cors` origins (empty = all).
     pub cors: Vec<String>,
+    /// How to dial `https` peer URLs (the peer certificate, the trusted CA); `None` when
+    /// no peer TLS is configured and every peer URL is `http`.
+    pub peer_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// A snapshot the member restarted from: its index and the store state.
@@ -614,6 +617,7 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         handle.clone(),
         Arc::clone(&shared.leader_stats),
         tokio::runtime::Handle::current(),
+        opts.peer_tls.clone().map(tokio_rustls::TlsConnector::from),
     );
     let node = crate::raft::RaftNode::new(&cfg, storage, applier, transport, status)?;
     let _join = node.spawn(tick, inputs);
