@@ -259,24 +259,15 @@ impl NameRule {
         if ok {
             Ok(())
         } else {
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                rustls::OtherError(Arc::new(NameMismatch)),
-            )))
+            // The plain variant (rustls's own name checks give `NotValidForNameContext`):
+            // it sends the bad_certificate alert, as Go does, and `go_error` words it as
+            // etcd does.
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ))
         }
     }
 }
-
-/// etcd's error when the allowed CN or host name does not match.
-#[derive(Debug)]
-struct NameMismatch;
-
-impl std::fmt::Display for NameMismatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("client certificate authentication failed")
-    }
-}
-
-impl std::error::Error for NameMismatch {}
 
 /// A client verifier that adds the name rule to the chain verification.
 #[derive(Debug)]
@@ -578,8 +569,10 @@ pub fn go_error(e: &std::io::Error) -> String {
         rustls::Error::InvalidCertificate(CertificateError::Revoked) => {
             "x509: certificate revoked".to_string()
         }
-        rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
-        | rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
+        rustls::Error::InvalidCertificate(CertificateError::NotValidForName) => {
+            "client certificate authentication failed".to_string()
+        }
+        rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
             format!("x509: certificate is not valid for the requested name ({err})")
         }
         rustls::Error::NoCertificatesPresented => {
@@ -593,6 +586,7 @@ fn go_alert(alert: rustls::AlertDescription) -> String {
     use rustls::AlertDescription as A;
     match alert {
         A::BadCertificate => "bad certificate".into(),
+        A::CertificateUnknown => "unknown certificate".into(),
         A::UnknownCA => "unknown certificate authority".into(),
         A::CertificateRevoked => "revoked certificate".into(),
         A::CertificateExpired => "expired certificate".into(),
