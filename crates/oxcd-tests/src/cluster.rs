@@ -28,6 +28,28 @@ impl Cluster {
     /// Starts `n` members with etcd's static bootstrap flags plus `extra`, waits until every
     /// member serves. With `proxy`, peer traffic goes through a [`PeerProxy`].
     pub fn start(binary: &Path, n: usize, extra: &[&str], proxy: bool) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::start_with(
+            binary,
+            n,
+            "http",
+            &|_| extra.clone(),
+            proxy,
+            &(0..n).collect::<Vec<_>>(),
+        )
+    }
+
+    /// [`Cluster::start`] with peer URLs of scheme `peer_scheme` (`https` for peer TLS),
+    /// each member's extra flags from `extra(i)`, waiting only until the members in
+    /// `wait_for` serve (a member that cannot join is left running, not waited for).
+    pub fn start_with(
+        binary: &Path,
+        n: usize,
+        peer_scheme: &str,
+        extra: &dyn Fn(usize) -> Vec<String>,
+        proxy: bool,
+        wait_for: &[usize],
+    ) -> Cluster {
         let clients: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let listen: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let advertised: Vec<u16> = if proxy {
@@ -36,7 +58,7 @@ impl Cluster {
             listen.clone()
         };
         let initial = (0..n)
-            .map(|i| format!("m{i}=http://127.0.0.1:{}", advertised[i]))
+            .map(|i| format!("m{i}={peer_scheme}://127.0.0.1:{}", advertised[i]))
             .collect::<Vec<_>>()
             .join(",");
         let proxy = proxy.then(|| PeerProxy::start(&advertised, &listen));
@@ -54,9 +76,9 @@ impl Cluster {
                 "--advertise-client-urls".into(),
                 client.clone(),
                 "--listen-peer-urls".into(),
-                format!("http://127.0.0.1:{}", listen[i]),
+                format!("{peer_scheme}://127.0.0.1:{}", listen[i]),
                 "--initial-advertise-peer-urls".into(),
-                format!("http://127.0.0.1:{}", advertised[i]),
+                format!("{peer_scheme}://127.0.0.1:{}", advertised[i]),
                 "--initial-cluster".into(),
                 initial.clone(),
                 "--initial-cluster-token".into(),
@@ -64,17 +86,21 @@ impl Cluster {
                 "--initial-cluster-state".into(),
                 "new".into(),
             ];
-            args.extend(extra.iter().map(|s| s.to_string()));
+            args.extend(extra(i));
             let mut m = Member::new(binary, dir, client, args);
             m.spawn_no_wait();
             members.push(m);
         }
-        for m in &members {
-            m.wait_ready();
+        for &i in wait_for {
+            members[i].wait_ready();
         }
         let ids = members
             .iter()
-            .map(|m| {
+            .enumerate()
+            .map(|(i, m)| {
+                if !wait_for.contains(&i) {
+                    return String::new();
+                }
                 request(&m.client_url, "GET", "/v2/stats/self", None).json()["id"]
                     .as_str()
                     .unwrap_or_default()
@@ -90,7 +116,7 @@ impl Cluster {
             proxy,
             peer_urls: listen
                 .iter()
-                .map(|p| format!("http://127.0.0.1:{p}"))
+                .map(|p| format!("{peer_scheme}://127.0.0.1:{p}"))
                 .collect(),
         }
     }

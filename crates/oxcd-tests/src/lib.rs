@@ -72,6 +72,8 @@ pub struct Member {
     /// Extra environment of the process (e.g. `OXCD_FAILPOINTS`); kept across restarts
     /// until changed.
     pub env: Vec<(String, String)>,
+    /// `curl` arguments that reach an `https` client URL (CA, client certificate).
+    pub curl_args: Vec<String>,
 }
 
 impl Member {
@@ -83,10 +85,25 @@ impl Member {
 
     /// [`Member::start`] with extra environment variables for the process.
     pub fn start_with_env(binary: &Path, extra: &[&str], env: &[(&str, &str)]) -> Member {
+        Self::start_tls(binary, "http", "http", extra, env, &[])
+    }
+
+    /// A one-member cluster whose client URL has scheme `client` and peer URL `peer`
+    /// (`http` or `https`; the TLS flags go in `extra`). An `https` member is probed with
+    /// `curl` and `curl_args` (e.g. `--cacert`, `--cert`, `--key`, or `-k`), which
+    /// [`Member::curl`] then reuses.
+    pub fn start_tls(
+        binary: &Path,
+        client: &str,
+        peer: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        curl_args: &[&str],
+    ) -> Member {
         let dir = TempDir::new("member");
         let (cp, pp) = (free_port(), free_port());
-        let client = format!("http://127.0.0.1:{cp}");
-        let peer = format!("http://127.0.0.1:{pp}");
+        let client = format!("{client}://127.0.0.1:{cp}");
+        let peer = format!("{peer}://127.0.0.1:{pp}");
         let mut args: Vec<String> = [
             "--name",
             "default",
@@ -113,6 +130,7 @@ impl Member {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        m.curl_args = curl_args.iter().map(|s| s.to_string()).collect();
         m.spawn();
         m
     }
@@ -126,6 +144,7 @@ impl Member {
             binary: binary.to_path_buf(),
             args,
             env: Vec::new(),
+            curl_args: Vec::new(),
         }
     }
 
@@ -154,9 +173,31 @@ impl Member {
         self.child = Some(child);
     }
 
+    /// `curl -sS` with [`Member::curl_args`] and `args` (URLs relative to the client URL
+    /// are written `{c}/path`).
+    pub fn curl(&self, args: &[&str]) -> Curl {
+        let mut all: Vec<String> = self.curl_args.clone();
+        all.extend(args.iter().map(|a| a.replace("{c}", &self.client_url)));
+        curl(&all.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     /// Waits until a write goes through (a leader exists and the API serves).
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
+        if self.client_url.starts_with("https://") {
+            while Instant::now() < deadline {
+                let r = self.curl(&["--max-time", "2", "{c}/health"]);
+                if r.ok() && r.stdout.contains("\"health\":\"true\"") {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!(
+                "{} did not become ready over https; log:\n{}",
+                self.binary.display(),
+                self.log()
+            );
+        }
         while Instant::now() < deadline {
             if let Ok(r) = ureq::get(&format!("{}/health", self.client_url))
                 .timeout(Duration::from_secs(2))
@@ -235,6 +276,38 @@ impl Member {
 impl Drop for Member {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// What a `curl` run gave.
+#[derive(Debug, Clone)]
+pub struct Curl {
+    /// curl's exit code (0: a response was received; 35, 56, 58, 60: TLS failures).
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Curl {
+    /// Whether curl got an answer.
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+}
+
+/// Runs `curl -sS args...` (the system's curl: it speaks TLS with the test's fixtures
+/// without a TLS stack in the harness).
+pub fn curl(args: &[&str]) -> Curl {
+    let out = Command::new("curl")
+        .arg("-sS")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run curl (apt-get install curl): {e}"));
+    Curl {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

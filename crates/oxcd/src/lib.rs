@@ -22,4 +22,5 @@ pub mod metrics;
 pub mod raft;
 pub mod server;
 pub mod startup;
+pub mod tls;
 pub mod transport;

@@ -12,52 +12,63 @@ use tokio::net::TcpListener;
 
 use crate::server::{self, EtcdServer, ServerOptions};
 
+/// One listening socket: its address and what it serves. An address named by both an
+/// `http` and an `https` URL is one socket serving both (as etcd's cmux does): a connection
+/// whose first byte starts a TLS handshake gets TLS, any other plaintext.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// The address to bind.
+    pub addr: SocketAddr,
+    /// TLS, for `https` URLs.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Plaintext, for `http` URLs.
+    pub plain: bool,
+}
+
 /// Listen addresses of a member.
 #[derive(Debug, Clone)]
 pub struct Listeners {
     /// `--listen-client-urls`, resolved.
-    pub client: Vec<SocketAddr>,
+    pub client: Vec<Listen>,
     /// `--listen-peer-urls`, resolved.
-    pub peer: Vec<SocketAddr>,
+    pub peer: Vec<Listen>,
     /// `--listen-metrics-urls`, resolved.
-    pub metrics: Vec<SocketAddr>,
+    pub metrics: Vec<Listen>,
+}
+
+async fn bind(list: &[Listen], what: &str) -> anyhow::Result<Vec<(TcpListener, Listen)>> {
+    let mut out = Vec::new();
+    for l in list {
+        let sock = TcpListener::bind(l.addr)
+            .await
+            .with_context(|| format!("listen tcp {}: bind failed", l.addr))?;
+        tracing::info!(address = %l.addr, tls = l.tls.is_some(), plaintext = l.plain, "startup: listening for {what}");
+        out.push((sock, l.clone()));
+    }
+    Ok(out)
+}
+
+fn spawn_serve(bound: Vec<(TcpListener, Listen)>, server: &Arc<EtcdServer>, api: crate::http::Api) {
+    for (sock, l) in bound {
+        let tls = l.tls.map(tokio_rustls::TlsAcceptor::from);
+        tokio::spawn(crate::http::serve(
+            sock,
+            Arc::clone(server),
+            api,
+            tls,
+            l.plain,
+        ));
+    }
 }
 
 /// Runs a member until a shutdown signal.
 pub async fn run(opts: ServerOptions, listeners: Listeners) -> anyhow::Result<()> {
-    let mut client_listeners = Vec::new();
-    for addr in &listeners.client {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listen tcp {addr}: bind failed"))?;
-        tracing::info!(address = %addr, "startup: listening for client traffic");
-        client_listeners.push(l);
-    }
-    let mut peer_listeners = Vec::new();
-    for addr in &listeners.peer {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listen tcp {addr}: bind failed"))?;
-        tracing::info!(address = %addr, "startup: listening for peers");
-        peer_listeners.push(l);
-    }
-    let mut metrics_listeners = Vec::new();
-    for addr in &listeners.metrics {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listen tcp {addr}: bind failed"))?;
-        tracing::info!(address = %addr, "startup: listening for metrics");
-        metrics_listeners.push(l);
-    }
+    let client_listeners = bind(&listeners.client, "client traffic").await?;
+    let peer_listeners = bind(&listeners.peer, "peers").await?;
+    let metrics_listeners = bind(&listeners.metrics, "metrics").await?;
     let server: Arc<EtcdServer> = Arc::new(server::start(&opts)?);
     // Peers first: the member needs them to commit its publish.
-    for l in peer_listeners {
-        tokio::spawn(crate::http::serve(
-            l,
-            Arc::clone(&server),
-            crate::http::Api::Peer,
-        ));
-    }
+    spawn_serve(peer_listeners, &server, crate::http::Api::Peer);
     // Clients only once this run's publish is applied (etcd's ReadyNotify): a client never
     // reads from a store that still lacks writes acknowledged before a restart. Connections
     // made meanwhile wait in the listen backlog.
@@ -70,25 +81,19 @@ pub async fn run(opts: ServerOptions, listeners: Listeners) -> anyhow::Result<()
         }
     }
     tracing::info!("ready to serve client requests");
-    for l in client_listeners {
-        if let Ok(addr) = l.local_addr() {
+    for (_, l) in &client_listeners {
+        if l.tls.is_some() {
+            tracing::info!("serving client requests on {}", l.addr);
+        }
+        if l.plain {
             tracing::info!(
-                "serving insecure client requests on {addr}, this is strongly discouraged!"
+                "serving insecure client requests on {}, this is strongly discouraged!",
+                l.addr
             );
         }
-        tokio::spawn(crate::http::serve(
-            l,
-            Arc::clone(&server),
-            crate::http::Api::Client,
-        ));
     }
-    for l in metrics_listeners {
-        tokio::spawn(crate::http::serve(
-            l,
-            Arc::clone(&server),
-            crate::http::Api::Metrics,
-        ));
-    }
+    spawn_serve(client_listeners, &server, crate::http::Api::Client);
+    spawn_serve(metrics_listeners, &server, crate::http::Api::Metrics);
     shutdown_signal().await;
     tracing::info!("startup: shutting down");
     server.shutdown();
@@ -119,16 +124,96 @@ async fn shutdown_signal() {
 }
 
 /// Splits a parsed configuration into the member's options and its listen addresses; a
-/// listen URL whose host does not resolve is an error.
+/// listen URL whose host does not resolve is an error, and so is a TLS setting that
+/// cannot be loaded (a missing file, a key that does not match its certificate). Auto TLS
+/// certificates are generated here, under the data dir.
 pub fn from_config(
     cfg: &crate::config::ServerConfig,
 ) -> anyhow::Result<(ServerOptions, Listeners)> {
-    let urls = |v: &[crate::config::Url]| v.iter().map(|u| u.to_string()).collect::<Vec<_>>();
-    let addrs = |v: &[crate::config::Url]| -> anyhow::Result<Vec<SocketAddr>> {
+    use crate::config::Url;
+    let urls = |v: &[Url]| v.iter().map(|u| u.to_string()).collect::<Vec<_>>();
+    let hosts = |v: &[Url]| {
         v.iter()
-            .map(|u| u.socket_addr().map_err(anyhow::Error::msg))
-            .collect()
+            .map(|u| format!("{}:{}", u.host, u.port))
+            .collect::<Vec<_>>()
     };
+    let fixtures = cfg.data_dir.join("fixtures");
+    let client_tls = crate::tls::self_cert(
+        &cfg.client_tls,
+        &fixtures.join("client"),
+        &hosts(&cfg.listen_client_urls),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let peer_tls = crate::tls::self_cert(
+        &cfg.peer_tls,
+        &fixtures.join("peer"),
+        &hosts(&cfg.listen_peer_urls),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let any_https = |v: &[Url]| v.iter().any(|u| u.scheme == "https");
+    let client_server_tls = if any_https(&cfg.listen_client_urls)
+        || any_https(&cfg.listen_metrics_urls)
+    {
+        tracing::info!(cert = %client_tls.cert_file, key = %client_tls.key_file, trusted_ca = %client_tls.trusted_ca_file, client_cert_auth = client_tls.client_cert_auth, crl = %client_tls.crl_file, "startup: client TLS");
+        Some(
+            crate::tls::server_config(&client_tls, &cfg.cipher_suites)
+                .map_err(anyhow::Error::msg)?,
+        )
+    } else {
+        None
+    };
+    let peer_server_tls = if any_https(&cfg.listen_peer_urls) {
+        tracing::info!(cert = %peer_tls.cert_file, key = %peer_tls.key_file, trusted_ca = %peer_tls.trusted_ca_file, client_cert_auth = peer_tls.client_cert_auth, crl = %peer_tls.crl_file, "startup: peer TLS");
+        Some(crate::tls::server_config(&peer_tls, &cfg.cipher_suites).map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
+    // Dialing peers: with our peer certificate, and whenever a peer URL is https.
+    let peer_dial_tls = if !peer_tls.is_empty()
+        || cfg.initial_cluster.iter().any(|(_, u)| u.scheme == "https")
+    {
+        Some(crate::tls::client_config(&peer_tls, &cfg.cipher_suites).map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
+    for (side, info, list) in [
+        ("client", &cfg.client_tls, &cfg.listen_client_urls),
+        ("peer", &cfg.peer_tls, &cfg.listen_peer_urls),
+    ] {
+        for u in list.iter().filter(|u| u.scheme == "http") {
+            if !info.is_empty() {
+                tracing::warn!(url = %u, "scheme is HTTP while key and cert files are present; ignoring key and cert files ({side} url)");
+            }
+            if info.client_cert_auth {
+                tracing::warn!(url = %u, "scheme is HTTP while client cert auth is enabled; ignoring client cert auth for this URL ({side} url)");
+            }
+        }
+    }
+    let listens =
+        |v: &[Url], tls: &Option<Arc<rustls::ServerConfig>>| -> anyhow::Result<Vec<Listen>> {
+            let mut out: Vec<Listen> = Vec::new();
+            for u in v {
+                let addr = u.socket_addr().map_err(anyhow::Error::msg)?;
+                let secure = u.scheme == "https";
+                let at = match out.iter().position(|l| l.addr == addr) {
+                    Some(i) => i,
+                    None => {
+                        out.push(Listen {
+                            addr,
+                            tls: None,
+                            plain: false,
+                        });
+                        out.len() - 1
+                    }
+                };
+                if secure {
+                    out[at].tls = tls.clone();
+                } else {
+                    out[at].plain = true;
+                }
+            }
+            Ok(out)
+        };
     let opts = ServerOptions {
         name: cfg.name.clone(),
         peer_urls: urls(&cfg.initial_advertise_peer_urls),
@@ -152,11 +237,13 @@ pub fn from_config(
         strict_reconfig_check: cfg.strict_reconfig_check,
         enable_v2: cfg.enable_v2,
         cors: cfg.cors.clone(),
+        peer_tls: peer_dial_tls,
+        client_cert_auth: cfg.client_tls.client_cert_auth,
     };
     let listeners = Listeners {
-        client: addrs(&cfg.listen_client_urls)?,
-        peer: addrs(&cfg.listen_peer_urls)?,
-        metrics: addrs(&cfg.listen_metrics_urls)?,
+        client: listens(&cfg.listen_client_urls, &client_server_tls)?,
+        peer: listens(&cfg.listen_peer_urls, &peer_server_tls)?,
+        metrics: listens(&cfg.listen_metrics_urls, &client_server_tls)?,
     };
     Ok((opts, listeners))
 }

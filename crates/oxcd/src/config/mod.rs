@@ -61,6 +61,48 @@ pub struct ServerConfig {
     pub cors: Vec<String>,
     /// `--listen-metrics-urls`: extra listeners serving `/metrics` and `/health`.
     pub listen_metrics_urls: Vec<Url>,
+    /// Client TLS: `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`,
+    /// `--client-crl-file`, `--client-cert-allowed-hostname`, `--auto-tls`.
+    pub client_tls: TlsInfo,
+    /// Peer TLS: the `--peer-*` counterparts.
+    pub peer_tls: TlsInfo,
+    /// `--cipher-suites`: Go names, validated (see `crate::tls::cipher_suites`).
+    pub cipher_suites: Vec<String>,
+}
+
+/// One side's TLS settings, as etcd's `transport.TLSInfo` and its auto-TLS flag.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The certificate (PEM, may hold the chain); empty when not given.
+    pub cert_file: String,
+    /// Its private key (PEM).
+    pub key_file: String,
+    /// CA certificates (PEM) that the other side's certificate must chain to.
+    pub trusted_ca_file: String,
+    /// Require and verify the other side's certificate.
+    pub client_cert_auth: bool,
+    /// A certificate revocation list (PEM or DER) checked against the other side's
+    /// certificate.
+    pub crl_file: String,
+    /// The other side's certificate must have this Common Name.
+    pub allowed_cn: String,
+    /// The other side's certificate must be valid for this host name or IP.
+    pub allowed_hostname: String,
+    /// `--auto-tls` / `--peer-auto-tls`: a self-signed certificate is generated under the
+    /// data dir when no certificate is given; the other side's chain is then not verified.
+    pub auto_tls: bool,
+}
+
+impl TlsInfo {
+    /// No certificate given (etcd's `TLSInfo.Empty`).
+    pub fn is_empty(&self) -> bool {
+        self.cert_file.is_empty() && self.key_file.is_empty()
+    }
+
+    /// Whether TLS can be served: a certificate, or one to generate.
+    pub fn can_serve(&self) -> bool {
+        !self.is_empty() || self.auto_tls
+    }
 }
 
 /// The log format (`--logger`).
@@ -338,6 +380,108 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "List of additional URLs to listen on that will respond to both the /metrics and /health endpoints.",
     ),
     (
+        "cert-file",
+        Kind::Str,
+        "",
+        "Path to the client server TLS cert file.",
+    ),
+    (
+        "key-file",
+        Kind::Str,
+        "",
+        "Path to the client server TLS key file.",
+    ),
+    (
+        "client-cert-auth",
+        Kind::Bool,
+        "false",
+        "Enable client cert authentication.",
+    ),
+    (
+        "client-crl-file",
+        Kind::Str,
+        "",
+        "Path to the client certificate revocation list file.",
+    ),
+    (
+        "client-cert-allowed-hostname",
+        Kind::Str,
+        "",
+        "Allowed TLS hostname for client cert authentication.",
+    ),
+    (
+        "trusted-ca-file",
+        Kind::Str,
+        "",
+        "Path to the client server TLS trusted CA cert file.",
+    ),
+    (
+        "auto-tls",
+        Kind::Bool,
+        "false",
+        "Client TLS using generated certificates",
+    ),
+    (
+        "peer-cert-file",
+        Kind::Str,
+        "",
+        "Path to the peer server TLS cert file.",
+    ),
+    (
+        "peer-key-file",
+        Kind::Str,
+        "",
+        "Path to the peer server TLS key file.",
+    ),
+    (
+        "peer-client-cert-auth",
+        Kind::Bool,
+        "false",
+        "Enable peer client cert authentication.",
+    ),
+    (
+        "peer-trusted-ca-file",
+        Kind::Str,
+        "",
+        "Path to the peer server TLS trusted CA file.",
+    ),
+    (
+        "peer-auto-tls",
+        Kind::Bool,
+        "false",
+        "Peer TLS using generated certificates",
+    ),
+    (
+        "peer-crl-file",
+        Kind::Str,
+        "",
+        "Path to the peer certificate revocation list file.",
+    ),
+    (
+        "peer-cert-allowed-cn",
+        Kind::Str,
+        "",
+        "Allowed CN for inter peer authentication.",
+    ),
+    (
+        "peer-cert-allowed-hostname",
+        Kind::Str,
+        "",
+        "Allowed TLS hostname for inter peer authentication.",
+    ),
+    (
+        "cipher-suites",
+        Kind::Str,
+        "",
+        "Comma-separated list of supported TLS cipher suites between client/server and peers (Go's names; empty means every suite oxcd offers; TLS 1.3 suites are always on, as in Go).",
+    ),
+    (
+        "experimental-peer-skip-client-san-verification",
+        Kind::Bool,
+        "false",
+        "Skip verification of SAN field in client certificate for peer connections (oxcd never checks a client certificate's SANs against the remote address).",
+    ),
+    (
         "config-file",
         Kind::Str,
         "",
@@ -499,29 +643,77 @@ pub fn parse(
     }
     let listen_client_urls = urls("listen-client-urls")?;
     let listen_peer_urls = urls("listen-peer-urls")?;
-    // Never serve plaintext, or TCP, on a URL that asks for TLS or a unix socket.
-    for (kind, flags, list) in [
-        ("client", "--cert-file, --key-file", &listen_client_urls),
-        (
-            "peer",
-            "--peer-cert-file, --peer-key-file",
-            &listen_peer_urls,
-        ),
-    ] {
-        for u in list {
-            match u.scheme.as_str() {
-                "https" | "unixs" => {
-                    return Err(ConfigError::Invalid(format!(
-                        "TLS key/cert ({flags}) must be provided for {kind} url {u} with HTTPS scheme (oxcd does not serve TLS yet)"
-                    )))
-                }
-                "unix" => {
-                    return Err(ConfigError::Invalid(format!(
-                        "{kind} url {u}: unix socket listeners are not supported by oxcd yet"
-                    )))
-                }
-                _ => {}
+    let tls_info = |prefix: &str, crl: &str, auto: &str| -> Result<TlsInfo, ConfigError> {
+        let info = TlsInfo {
+            cert_file: defaulted(&format!("{prefix}cert-file")),
+            key_file: defaulted(&format!("{prefix}key-file")),
+            trusted_ca_file: defaulted(&format!("{prefix}trusted-ca-file")),
+            client_cert_auth: get_bool(&format!("{prefix}client-cert-auth"))?,
+            crl_file: defaulted(crl),
+            allowed_cn: if prefix.is_empty() {
+                String::new()
+            } else {
+                defaulted("peer-cert-allowed-cn")
+            },
+            allowed_hostname: defaulted(&if prefix.is_empty() {
+                "client-cert-allowed-hostname".to_string()
+            } else {
+                "peer-cert-allowed-hostname".to_string()
+            }),
+            auto_tls: get_bool(auto)?,
+        };
+        if info.cert_file.is_empty() != info.key_file.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "KeyFile and CertFile must both be present[key: {}, cert: {}] (--{prefix}key-file, --{prefix}cert-file)",
+                info.key_file, info.cert_file
+            )));
+        }
+        if !info.allowed_cn.is_empty() && !info.allowed_hostname.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "AllowedCN and AllowedHostname are mutually exclusive (cn={:?}, hostname={:?})",
+                info.allowed_cn, info.allowed_hostname
+            )));
+        }
+        Ok(info)
+    };
+    let client_tls = tls_info("", "client-crl-file", "auto-tls")?;
+    let peer_tls = tls_info("peer-", "peer-crl-file", "peer-auto-tls")?;
+    let cipher_suites: Vec<String> = defaulted("cipher-suites")
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    crate::tls::cipher_suites(&cipher_suites).map_err(ConfigError::Invalid)?;
+    // Never serve plaintext on a URL that asks for TLS, nor TCP on a unix socket.
+    for u in &listen_client_urls {
+        match u.scheme.as_str() {
+            "https" if !client_tls.can_serve() => {
+                return Err(ConfigError::Invalid(format!(
+                    "TLS key/cert (--cert-file, --key-file) must be provided for client url {u} with HTTPS scheme"
+                )))
             }
+            "unix" | "unixs" => {
+                return Err(ConfigError::Invalid(format!(
+                    "client url {u}: unix socket listeners are not supported by oxcd yet"
+                )))
+            }
+            _ => {}
+        }
+    }
+    for u in &listen_peer_urls {
+        match u.scheme.as_str() {
+            "https" if !peer_tls.can_serve() => {
+                return Err(ConfigError::Invalid(format!(
+                    "cannot listen on TLS for {}:{}: KeyFile and CertFile are not presented (--peer-cert-file, --peer-key-file, or --peer-auto-tls, for peer url {u})",
+                    u.host, u.port
+                )))
+            }
+            "unix" | "unixs" => {
+                return Err(ConfigError::Invalid(format!(
+                    "peer url {u}: unix socket listeners are not supported by oxcd yet"
+                )))
+            }
+            _ => {}
         }
     }
     let advertise_client_urls = urls("advertise-client-urls")?;
@@ -588,10 +780,20 @@ pub fn parse(
         None => Vec::new(),
     };
     for u in &listen_metrics_urls {
-        if u.scheme != "http" {
-            return Err(ConfigError::Invalid(format!(
-                "metrics url {u}: only http listeners are supported by oxcd yet"
-            )));
+        match u.scheme.as_str() {
+            "http" => {}
+            "https" if client_tls.can_serve() => {}
+            "https" => {
+                return Err(ConfigError::Invalid(format!(
+                    "cannot listen on TLS for {}:{}: KeyFile and CertFile are not presented (--cert-file, --key-file or --auto-tls, for metrics url {u})",
+                    u.host, u.port
+                )))
+            }
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "metrics url {u}: only http and https listeners are supported by oxcd"
+                )))
+            }
         }
     }
     let cors: Vec<String> = defaulted("cors")
@@ -634,6 +836,9 @@ pub fn parse(
         enable_v2: get_bool("enable-v2")?,
         cors,
         listen_metrics_urls,
+        client_tls,
+        peer_tls,
+        cipher_suites,
     })))
 }
 
@@ -873,6 +1078,106 @@ mod tests {
             "{e}"
         );
         assert!(run(&["--listen-peer-urls", "unix://127.0.0.1:2380"], &[]).is_err());
+    }
+
+    #[test]
+    fn tls_flags_and_their_env_variables() {
+        let https = [
+            "--listen-client-urls",
+            "https://127.0.0.1:2379,http://127.0.0.1:2379",
+            "--advertise-client-urls",
+            "https://127.0.0.1:2379",
+            "--listen-peer-urls",
+            "https://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "https://127.0.0.1:2380",
+        ];
+        let env = [
+            ("ETCD_CERT_FILE", "c.pem"),
+            ("ETCD_KEY_FILE", "k.pem"),
+            ("ETCD_TRUSTED_CA_FILE", "ca.pem"),
+            ("ETCD_CLIENT_CERT_AUTH", "true"),
+            ("ETCD_CLIENT_CRL_FILE", "crl.pem"),
+            ("ETCD_CLIENT_CERT_ALLOWED_HOSTNAME", "client.example"),
+            ("ETCD_PEER_CERT_FILE", "pc.pem"),
+            ("ETCD_PEER_KEY_FILE", "pk.pem"),
+            ("ETCD_PEER_TRUSTED_CA_FILE", "pca.pem"),
+            ("ETCD_PEER_CLIENT_CERT_AUTH", "1"),
+            ("ETCD_PEER_CRL_FILE", "pcrl.pem"),
+            ("ETCD_PEER_CERT_ALLOWED_CN", "example.com"),
+            (
+                "ETCD_CIPHER_SUITES",
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+            ),
+        ];
+        let c = run(&https, &env).unwrap();
+        assert_eq!(
+            c.client_tls,
+            TlsInfo {
+                cert_file: "c.pem".into(),
+                key_file: "k.pem".into(),
+                trusted_ca_file: "ca.pem".into(),
+                client_cert_auth: true,
+                crl_file: "crl.pem".into(),
+                allowed_cn: String::new(),
+                allowed_hostname: "client.example".into(),
+                auto_tls: false,
+            }
+        );
+        assert_eq!(c.peer_tls.cert_file, "pc.pem");
+        assert_eq!(c.peer_tls.trusted_ca_file, "pca.pem");
+        assert!(c.peer_tls.client_cert_auth);
+        assert_eq!(c.peer_tls.crl_file, "pcrl.pem");
+        assert_eq!(c.peer_tls.allowed_cn, "example.com");
+        assert_eq!(c.cipher_suites.len(), 2);
+        // Advertised URLs are what the flag says.
+        assert_eq!(
+            c.advertise_client_urls[0].to_string(),
+            "https://127.0.0.1:2379"
+        );
+        // Auto TLS serves https without certificate files, from flags or the environment.
+        let c = run(
+            &https,
+            &[("ETCD_AUTO_TLS", "true"), ("ETCD_PEER_AUTO_TLS", "true")],
+        )
+        .unwrap();
+        assert!(c.client_tls.auto_tls && c.peer_tls.auto_tls);
+        assert!(run(
+            &[&https[..], &["--auto-tls", "--peer-auto-tls"]].concat(),
+            &[]
+        )
+        .is_ok());
+        // Refusals, with etcd's words where etcd has them.
+        let e = run(&https, &[("ETCD_PEER_AUTO_TLS", "true")]).unwrap_err();
+        assert!(e.to_string().starts_with("TLS key/cert (--cert-file, --key-file) must be provided for client url https://127.0.0.1:2379 with HTTPS scheme"), "{e}");
+        let e = run(&https, &[("ETCD_AUTO_TLS", "true")]).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "cannot listen on TLS for 127.0.0.1:2380: KeyFile and CertFile are not presented"
+            ),
+            "{e}"
+        );
+        let e = run(&["--cert-file", "c.pem"], &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("KeyFile and CertFile must both be present"),
+            "{e}"
+        );
+        let e = run(
+            &[
+                "--peer-cert-allowed-cn",
+                "a",
+                "--peer-cert-allowed-hostname",
+                "b",
+            ],
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("mutually exclusive"), "{e}");
+        let e = run(&["--cipher-suites", "TLS_NOPE"], &[]).unwrap_err();
+        assert_eq!(e.to_string(), "unexpected TLS cipher suite \"TLS_NOPE\"");
+        let e = run(&["--cipher-suites", "TLS_RSA_WITH_3DES_EDE_CBC_SHA"], &[]).unwrap_err();
+        assert!(e.to_string().contains("not offered by oxcd"), "{e}");
     }
 
     #[test]

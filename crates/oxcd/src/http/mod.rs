@@ -62,8 +62,25 @@ pub enum Api {
     Metrics,
 }
 
-/// Serves one API on a bound listener until the process ends.
-pub async fn serve(listener: TcpListener, server: Arc<EtcdServer>, api: Api) {
+/// How long a connection on a TLS listener may take to send its first byte and finish the
+/// handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Go's answer to plaintext HTTP on a TLS-only listener.
+const HTTP_ON_HTTPS: &[u8] =
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+/// Serves one API on a bound listener until the process ends: plaintext, TLS (`tls`), or
+/// both on one port (`tls` and `plain`: a connection whose first byte is a TLS handshake
+/// record gets TLS). A plaintext request on a TLS-only listener gets Go's 400 answer and
+/// is closed; a failed handshake is logged as Go's server logs it.
+pub async fn serve(
+    listener: TcpListener,
+    server: Arc<EtcdServer>,
+    api: Api,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    plain: bool,
+) {
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(x) => x,
@@ -76,24 +93,94 @@ pub async fn serve(listener: TcpListener, server: Arc<EtcdServer>, api: Api) {
         };
         let _ = stream.set_nodelay(true);
         let server = Arc::clone(&server);
+        let Some(acceptor) = tls.clone() else {
+            tokio::spawn(serve_connection(
+                TokioIo::new(stream),
+                server,
+                ConnInfo::plain(remote),
+                api,
+            ));
+            continue;
+        };
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let server = Arc::clone(&server);
-                // The TLS listener hands in the verified certificate names here.
-                let conn = ConnInfo::plain(remote);
-                async move { Ok::<_, Infallible>(handle(server, req, conn, api).await) }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.title_case_headers(true);
-            // Upgrades: a peer's message stream (`/raft/stream`) takes over its connection.
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
-                .await
-            {
-                tracing::debug!(error = %e, %remote, "http: connection ended with error");
+            let mut first = [0u8; 5];
+            let peeked =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+                    Ok(Ok(n)) if n > 0 => n,
+                    _ => return,
+                };
+            // 0x16: a TLS handshake record.
+            if first[0] != 0x16 {
+                if plain {
+                    serve_connection(TokioIo::new(stream), server, ConnInfo::plain(remote), api)
+                        .await;
+                } else if looks_like_http(&first[..peeked]) {
+                    use tokio::io::AsyncWriteExt as _;
+                    let mut stream = stream;
+                    let _ = stream.write_all(HTTP_ON_HTTPS).await;
+                    let _ = stream.shutdown().await;
+                }
+                return;
+            }
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    // The handshake verified the client's certificate (when the listener
+                    // asks for one): its common name may name the user (--client-cert-auth).
+                    let names: Vec<String> = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|leaf| crate::tls::subject_common_name(leaf))
+                        .into_iter()
+                        .collect();
+                    let conn = ConnInfo {
+                        remote,
+                        cert_common_names: Arc::from(names),
+                    };
+                    serve_connection(TokioIo::new(tls), server, conn, api).await
+                }
+                Ok(Err(e)) => tracing::warn!(
+                    "http: TLS handshake error from {remote}: {}",
+                    crate::tls::go_error(&e)
+                ),
+                Err(_) => tracing::warn!("http: TLS handshake error from {remote}: timed out"),
             }
         });
+    }
+}
+
+/// Go's `tlsRecordHeaderLooksLikeHTTP`.
+fn looks_like_http(head: &[u8]) -> bool {
+    [
+        &b"GET /"[..],
+        b"HEAD ",
+        b"POST ",
+        b"PUT /",
+        b"OPTIO",
+        b"DELET",
+        b"PATCH",
+    ]
+    .iter()
+    .any(|m| m.starts_with(head) || head.starts_with(m))
+}
+
+/// Runs hyper's HTTP/1 connection on one accepted (and, for TLS, handshaken) socket.
+async fn serve_connection<I>(io: I, server: Arc<EtcdServer>, conn: ConnInfo, api: Api)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let remote = conn.remote;
+    let svc = service_fn(move |req| {
+        let server = Arc::clone(&server);
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(server, req, conn, api).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.title_case_headers(true);
+    // Upgrades: a peer's message stream (`/raft/stream`) takes over its connection.
+    if let Err(e) = builder.serve_connection(io, svc).with_upgrades().await {
+        tracing::debug!(error = %e, %remote, "http: connection ended with error");
     }
 }
 

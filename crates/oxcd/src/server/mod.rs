@@ -376,6 +376,11 @@ pub struct ServerOptions {
     pub enable_v2: bool,
     /// `--cors` origins (empty = all).
     pub cors: Vec<String>,
+    /// How to dial `https` peer URLs (the peer certificate, the trusted CA); `None` when
+    /// no peer TLS is configured and every peer URL is `http`.
+    pub peer_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// `--client-cert-auth`: a client certificate's common name names the v2 auth user.
+    pub client_cert_auth: bool,
 }
 
 /// A snapshot the member restarted from: its index and the store state.
@@ -592,6 +597,7 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         handle.clone(),
         Arc::clone(&shared.leader_stats),
         tokio::runtime::Handle::current(),
+        opts.peer_tls.clone().map(tokio_rustls::TlsConnector::from),
     );
     let node = crate::raft::RaftNode::new(&cfg, storage, applier, transport, status)?;
     let _join = node.spawn(tick, inputs);
@@ -611,6 +617,7 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         opts.max_request_bytes,
     );
     server.enable_v2 = opts.enable_v2;
+    server.auth.client_cert_auth = opts.client_cert_auth;
     server.cors =
         (!opts.cors.is_empty() && !opts.cors.iter().any(|o| o == "*")).then(|| opts.cors.clone());
     Ok(server)

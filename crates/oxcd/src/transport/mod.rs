@@ -141,7 +141,7 @@ struct PeerQueues {
     snapshots: mpsc::Sender<Message>,
 }
 
-/// The HTTP transport of a multi-member cluster.
+/// The HTTP transport of a multi-member cluster (HTTPS to `https` peer URLs).
 pub struct PeerTransport {
     local: LocalIdentity,
     /// Where members are reached: the applied member list (dynamic) ...
@@ -152,6 +152,7 @@ pub struct PeerTransport {
     raft: RaftHandle,
     stats: Arc<LeaderStats>,
     runtime: tokio::runtime::Handle,
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl PeerTransport {
@@ -164,6 +165,7 @@ impl PeerTransport {
         raft: RaftHandle,
         stats: Arc<LeaderStats>,
         runtime: tokio::runtime::Handle,
+        tls: Option<tokio_rustls::TlsConnector>,
     ) -> PeerTransport {
         PeerTransport {
             local,
@@ -176,6 +178,7 @@ impl PeerTransport {
             raft,
             stats,
             runtime,
+            tls,
         }
     }
 
@@ -200,6 +203,7 @@ impl PeerTransport {
                 local: self.local.clone(),
                 raft: self.raft.clone(),
                 stats: Arc::clone(&self.stats),
+                tls: self.tls.clone(),
             };
             self.runtime.spawn(peer::run_stream(link.clone(), mrx));
             self.runtime.spawn(peer::run_snapshots(link, srx));

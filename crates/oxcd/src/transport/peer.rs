@@ -34,6 +34,8 @@ use crate::raft::{RaftHandle, RaftInput};
 
 /// How long a connection attempt may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a TLS handshake with a member may take once connected.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a message batch may take to be accepted (the receiver only queues it).
 const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failure before the next attempt.
@@ -54,13 +56,17 @@ pub struct Link {
     pub raft: RaftHandle,
     /// Follower latency and counts (leader traffic only).
     pub stats: std::sync::Arc<LeaderStats>,
+    /// How `https` peer URLs are dialed (certificate, trusted CA); `None`: they cannot be.
+    pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
 /// Why a request did not go through.
 #[derive(Debug, thiserror::Error)]
 enum SendError {
-    #[error("unsupported peer URL {0:?} (only http:// is served)")]
+    #[error("unsupported peer URL {0:?} (http:// or https:// only)")]
     Scheme(String),
+    #[error("peer URL {0} is https but this member has no peer TLS configuration")]
+    NoTls(String),
     #[error("dial {0}: {1}")]
     Dial(String, String),
     #[error("request: {0}")]
@@ -75,24 +81,68 @@ enum SendError {
 
 type Conn = SendRequest<Full<Bytes>>;
 
-/// `host:port` of a peer URL.
-fn authority(url: &str) -> Result<String, SendError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| SendError::Scheme(url.to_string()))?;
-    Ok(rest.split('/').next().unwrap_or(rest).to_string())
+/// Where a peer URL points: `host:port`, and whether it is `https`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    authority: String,
+    tls: bool,
 }
 
-async fn connect(authority: &str) -> Result<Conn, SendError> {
+impl Target {
+    /// The host part of the authority (brackets kept for IPv6).
+    fn host(&self) -> &str {
+        match self.authority.rsplit_once(':') {
+            Some((h, _)) => h,
+            None => &self.authority,
+        }
+    }
+}
+
+/// The target of a peer URL.
+fn target(url: &str) -> Result<Target, SendError> {
+    let (rest, tls) = if let Some(r) = url.strip_prefix("http://") {
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (r, true)
+    } else {
+        return Err(SendError::Scheme(url.to_string()));
+    };
+    Ok(Target {
+        authority: rest.split('/').next().unwrap_or(rest).to_string(),
+        tls,
+    })
+}
+
+async fn connect(link: &Link, to: &Target) -> Result<Conn, SendError> {
+    let authority = to.authority.as_str();
     let dial = |e: String| SendError::Dial(authority.to_string(), e);
     let stream = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(authority))
         .await
         .map_err(|_| dial("timed out".into()))?
         .map_err(|e| dial(e.to_string()))?;
     let _ = stream.set_nodelay(true);
-    let (conn, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    if !to.tls {
+        return handshake(TokioIo::new(stream), authority).await;
+    }
+    let connector = link
+        .tls
+        .as_ref()
+        .ok_or_else(|| SendError::NoTls(authority.to_string()))?;
+    let name = crate::tls::server_name(to.host()).map_err(dial)?;
+    let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, stream))
         .await
-        .map_err(|e| dial(e.to_string()))?;
+        .map_err(|_| dial("TLS handshake timeout".into()))?
+        .map_err(|e| dial(crate::tls::go_error(&e)))?;
+    handshake(TokioIo::new(stream), authority).await
+}
+
+async fn handshake<I>(io: I, authority: &str) -> Result<Conn, SendError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (conn, driver) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| SendError::Dial(authority.to_string(), e.to_string()))?;
     tokio::spawn(async move {
         let _ = driver.with_upgrades().await;
     });
@@ -155,8 +205,9 @@ async fn refused(resp: http::Response<hyper::body::Incoming>) -> SendError {
 
 /// Connects to the member and asks for the message stream; falls back to POSTs when the
 /// member does not know `/raft/stream`.
-async fn open_stream(link: &Link, authority: &str) -> Result<Channel, SendError> {
-    let mut conn = connect(authority).await?;
+async fn open_stream(link: &Link, to: &Target) -> Result<Channel, SendError> {
+    let authority = to.authority.as_str();
+    let mut conn = connect(link, to).await?;
     let req = peer_request(link, authority, PATH_STREAM)
         .header(http::header::CONNECTION, "Upgrade")
         .header(http::header::UPGRADE, STREAM_PROTOCOL);
@@ -211,13 +262,13 @@ async fn deliver(
     let result = async {
         if channel.is_none() {
             let url = &link.urls[*url_at % link.urls.len()];
-            let auth = authority(url)?;
+            let to = target(url)?;
             let ch = if stream {
-                open_stream(link, &auth).await?
+                open_stream(link, &to).await?
             } else {
-                Channel::Post(connect(&auth).await?)
+                Channel::Post(connect(link, &to).await?)
             };
-            *channel = Some((ch, auth));
+            *channel = Some((ch, to.authority));
         }
         let (ch, auth) = channel.as_mut().expect("opened above");
         match ch {
@@ -409,6 +460,7 @@ mod tests {
             },
             raft,
             stats: Default::default(),
+            tls: None,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(run_stream(link, rx));
@@ -430,15 +482,12 @@ mod tests {
     }
 
     #[test]
-    fn authority_of_peer_urls() {
-        assert_eq!(
-            authority("http://127.0.0.1:2380").unwrap(),
-            "127.0.0.1:2380"
-        );
-        assert_eq!(authority("http://host:1/x").unwrap(), "host:1");
-        assert!(matches!(
-            authority("https://h:1"),
-            Err(SendError::Scheme(_))
-        ));
+    fn targets_of_peer_urls() {
+        let t = target("http://127.0.0.1:2380").unwrap();
+        assert_eq!((t.authority.as_str(), t.tls), ("127.0.0.1:2380", false));
+        assert_eq!(target("http://host:1/x").unwrap().authority, "host:1");
+        let t = target("https://[::1]:2380").unwrap();
+        assert_eq!((t.host(), t.tls), ("[::1]", true));
+        assert!(matches!(target("unix://h:1"), Err(SendError::Scheme(_))));
     }
 }
