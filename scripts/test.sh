@@ -11,7 +11,7 @@ cargo build -j2 --workspace --all-targets
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test -j2 --workspace -- --test-threads=2 2>&1 | tee "$log"
+cargo test -j2 --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run, summed over every test binary.

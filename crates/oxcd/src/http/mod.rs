@@ -81,7 +81,27 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     plain: bool,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections(api)));
+    let mut full_logged: Option<Instant> = None;
     loop {
+        // At the limit, connections wait in the listen backlog until one closes.
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if full_logged.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5)) {
+                    full_logged = Some(Instant::now());
+                    tracing::warn!(
+                        ?api,
+                        limit = max_connections(api),
+                        "http: connection limit reached, new connections wait"
+                    );
+                }
+                match Arc::clone(&slots).acquire_owned().await {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                }
+            }
+        };
         let (stream, remote) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -94,15 +114,14 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let server = Arc::clone(&server);
         let Some(acceptor) = tls.clone() else {
-            tokio::spawn(serve_connection(
-                TokioIo::new(stream),
-                server,
-                ConnInfo::plain(remote),
-                api,
-            ));
+            tokio::spawn(async move {
+                serve_connection(TokioIo::new(stream), server, ConnInfo::plain(remote), api).await;
+                drop(slot);
+            });
             continue;
         };
         tokio::spawn(async move {
+            let _slot = slot;
             let mut first = [0u8; 5];
             let peeked =
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
@@ -150,6 +169,34 @@ pub async fn serve(
     }
 }
 
+/// How long a connection may take to send a request's headers, counted from when the
+/// server starts waiting for them (so also an idle keep-alive connection's wait for its next
+/// request). Generous: clients keep idle connections for reuse (Go's for 90 s).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Most connections one listener serves at once: peers are a handful of members with a few
+/// connections each; clients may be many, bounded by the open-files limit (less a reserve
+/// for the WAL, snapshots and peers). The limit keeps a flood of connections from exhausting
+/// descriptors the member needs for its own files.
+fn max_connections(api: Api) -> usize {
+    let files = open_files_limit().unwrap_or(1024);
+    match api {
+        Api::Peer => 1024.min(files / 4).max(16),
+        Api::Client | Api::Metrics => files.saturating_sub(256).clamp(64, 1 << 20),
+    }
+}
+
+/// The soft limit on open files, from `/proc/self/limits` (no unsafe `getrlimit`).
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line["Max open files".len()..].split_whitespace().next()?;
+    match soft {
+        "unlimited" => Some(1 << 20),
+        n => n.parse().ok(),
+    }
+}
+
 /// Go's `tlsRecordHeaderLooksLikeHTTP`.
 fn looks_like_http(head: &[u8]) -> bool {
     [
@@ -177,7 +224,10 @@ where
         async move { Ok::<_, Infallible>(handle(server, req, conn, api).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.title_case_headers(true);
+    builder
+        .title_case_headers(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     // Upgrades: a peer's message stream (`/raft/stream`) takes over its connection.
     if let Err(e) = builder.serve_connection(io, svc).with_upgrades().await {
         tracing::debug!(error = %e, %remote, "http: connection ended with error");
@@ -479,4 +529,18 @@ pub fn json_response(body: impl Into<Bytes>) -> Response<RespBody> {
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn connection_limits_follow_the_open_files_limit() {
+        let files = open_files_limit().expect("/proc/self/limits names the open-files limit");
+        assert!(files >= 64);
+        assert!(max_connections(Api::Client) <= files.max(64));
+        assert!(max_connections(Api::Peer) <= 1024);
+        assert!(max_connections(Api::Peer) >= 16);
+    }
 }
