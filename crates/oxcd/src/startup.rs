@@ -239,6 +239,7 @@ pub fn from_config(
         cors: cfg.cors.clone(),
         peer_tls: peer_dial_tls,
         client_cert_auth: cfg.client_tls.client_cert_auth,
+        peer_san_check: !cfg.peer_skip_client_san,
     };
     let listeners = Listeners {
         client: listens(&cfg.listen_client_urls, &client_server_tls)?,

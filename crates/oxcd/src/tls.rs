@@ -600,6 +600,36 @@ fn go_alert(alert: rustls::AlertDescription) -> String {
     }
 }
 
+/// etcd's check of a member's certificate against the address it connects from (its peer
+/// listeners do it unless `--experimental-peer-skip-client-san-verification`): the remote IP
+/// must be one of the certificate's IP addresses, or one of its DNS names must resolve to
+/// it. Deviations: a certificate naming no address at all is refused (etcd lets it pass;
+/// such a certificate cannot serve peers, which verify the names they dial), and wildcard
+/// DNS names (which etcd matches through a reverse lookup) do not match.
+pub async fn check_peer_address(
+    cert: &CertificateDer<'static>,
+    remote: IpAddr,
+) -> Result<(), String> {
+    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
+        return Err("unreadable certificate".to_string());
+    };
+    let ip = ServerName::IpAddress(remote.into());
+    if ee.verify_is_valid_for_subject_name(&ip).is_ok() {
+        return Ok(());
+    }
+    let names: Vec<String> = ee.valid_dns_names().map(str::to_string).collect();
+    for name in names.iter().filter(|n| !n.starts_with("*.")) {
+        if let Ok(addrs) = tokio::net::lookup_host((name.as_str(), 0)).await {
+            if addrs.into_iter().any(|a| a.ip() == remote) {
+                return Ok(());
+            }
+        }
+    }
+    Err(format!(
+        "tls: {remote} does not match the certificate's IP addresses or DNS names {names:?}"
+    ))
+}
+
 /// The subject Common Name of a DER certificate (the first CN attribute), or `None`.
 ///
 /// A minimal DER walk, used only on certificates whose chain was verified already:
@@ -677,6 +707,25 @@ fn der_next(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cert_for(hosts: &[&str]) -> CertificateDer<'static> {
+        let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        let (cert, _) = generate_self_signed(&hosts).unwrap();
+        CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_member_must_connect_from_an_address_its_certificate_names() {
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.1.2.3".parse().unwrap();
+        let by_ip = cert_for(&["127.0.0.1"]);
+        assert_eq!(check_peer_address(&by_ip, loopback).await, Ok(()));
+        assert!(check_peer_address(&by_ip, other).await.is_err());
+        // A DNS name that resolves to the remote address.
+        let by_name = cert_for(&["localhost"]);
+        assert_eq!(check_peer_address(&by_name, loopback).await, Ok(()));
+        assert!(check_peer_address(&by_name, other).await.is_err());
+    }
 
     #[test]
     fn go_cipher_suite_names_map_or_are_refused() {

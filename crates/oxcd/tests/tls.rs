@@ -55,6 +55,16 @@ fn strs(v: &[String]) -> Vec<&str> {
 /// A CA of our own and a certificate it signed for localhost/127.0.0.1 (client and server
 /// use), written to `dir`: (ca, cert, key) paths.
 fn foreign_ca(dir: &Path) -> (String, String, String) {
+    own_ca(dir, "foreign", None)
+}
+
+/// Like [`foreign_ca`], with the files named after `name` and, with `valid`, the signed
+/// certificate's validity period (from, until).
+fn own_ca(
+    dir: &Path,
+    name: &str,
+    valid: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
+) -> (String, String, String) {
     let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -74,6 +84,10 @@ fn foreign_ca(dir: &Path) -> (String, String, String) {
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,
     ];
+    if let Some((from, until)) = valid {
+        params.not_before = from;
+        params.not_after = until;
+    }
     let cert = params.signed_by(&key, &issuer).unwrap();
     let write = |name: &str, text: String| {
         let p = dir.join(name);
@@ -81,10 +95,69 @@ fn foreign_ca(dir: &Path) -> (String, String, String) {
         p.to_string_lossy().into_owned()
     };
     (
-        write("foreign-ca.crt", ca_cert.pem()),
-        write("foreign.crt", cert.pem()),
-        write("foreign.key", key.serialize_pem()),
+        write(&format!("{name}-ca.crt"), ca_cert.pem()),
+        write(&format!("{name}.crt"), cert.pem()),
+        write(&format!("{name}.key"), key.serialize_pem()),
     )
+}
+
+/// An expired client certificate from a trusted CA is refused in the handshake; a current
+/// one from a trusted CA is served (the control), by etcd and oxcd alike.
+#[test]
+fn an_expired_client_certificate_is_refused() {
+    let tmp = TempDir::new("tls-expired");
+    let past = Some((
+        rcgen::date_time_ymd(2020, 1, 1),
+        rcgen::date_time_ymd(2021, 1, 1),
+    ));
+    let (ca, expired, expired_key) = own_ca(&tmp.0, "expired", past);
+    // The control: a current certificate from a second CA of our own; the member trusts
+    // both CAs (one bundle file).
+    let (ca2, current, current_key) = own_ca(&tmp.0, "current", None);
+    let bundle = tmp.0.join("both-ca.crt");
+    let text = std::fs::read_to_string(&ca).unwrap() + &std::fs::read_to_string(&ca2).unwrap();
+    std::fs::write(&bundle, text).unwrap();
+    let bundle = bundle.to_string_lossy().into_owned();
+    let server_ca = fixture("ca.crt");
+    for bin in binaries() {
+        let who = bin.display().to_string();
+        let mut extra = server_cert_args();
+        extra.extend(["--trusted-ca-file", &bundle, "--client-cert-auth"].map(String::from));
+        let m = Member::start_tls(
+            &bin,
+            "https",
+            "http",
+            &strs(&extra),
+            &[],
+            &[
+                "--cacert",
+                &server_ca,
+                "--cert",
+                &current,
+                "--key",
+                &current_key,
+            ],
+        );
+        let url = format!("{}/v2/keys/exp", m.client_url);
+        let ok = m.curl(&["-XPUT", &url, "-d", "value=1"]);
+        assert!(
+            ok.ok() && ok.stdout.contains("\"value\":\"1\""),
+            "{who}: {ok:?}"
+        );
+        let r = oxcd_tests::curl(&[
+            "--cacert",
+            &server_ca,
+            "--cert",
+            &expired,
+            "--key",
+            &expired_key,
+            &url,
+        ]);
+        assert!(
+            !r.ok(),
+            "{who}: an expired client certificate was served: {r:?}"
+        );
+    }
 }
 
 /// https clients with the CA get answers; without it, or over plaintext, they do not.

@@ -68,6 +68,9 @@ pub struct ServerConfig {
     pub peer_tls: TlsInfo,
     /// `--cipher-suites`: Go names, validated (see `crate::tls::cipher_suites`).
     pub cipher_suites: Vec<String>,
+    /// `--experimental-peer-skip-client-san-verification`: peer listeners do not check a
+    /// member's certificate against the address it connects from.
+    pub peer_skip_client_san: bool,
 }
 
 /// One side's TLS settings, as etcd's `transport.TLSInfo` and its auto-TLS flag.
@@ -479,7 +482,7 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "experimental-peer-skip-client-san-verification",
         Kind::Bool,
         "false",
-        "Skip verification of SAN field in client certificate for peer connections (oxcd never checks a client certificate's SANs against the remote address).",
+        "Skip verification of SAN field in client certificate for peer connections.",
     ),
     (
         "config-file",
@@ -839,6 +842,7 @@ pub fn parse(
         client_tls,
         peer_tls,
         cipher_suites,
+        peer_skip_client_san: get_bool("experimental-peer-skip-client-san-verification")?,
     })))
 }
 

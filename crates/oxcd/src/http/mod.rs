@@ -143,13 +143,27 @@ pub async fn serve(
             }
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
-                    // The handshake verified the client's certificate (when the listener
-                    // asks for one): its common name may name the user (--client-cert-auth).
-                    let names: Vec<String> = tls
+                    let leaf = tls
                         .get_ref()
                         .1
                         .peer_certificates()
                         .and_then(|chain| chain.first())
+                        .map(|c| c.clone().into_owned());
+                    // A member must connect from an address its certificate names.
+                    if let (Api::Peer, true, Some(cert)) = (api, server.peer_san_check, &leaf) {
+                        if let Err(e) = crate::tls::check_peer_address(cert, remote.ip()).await {
+                            tracing::warn!(
+                                "rejected connection from {:?} (error {:?}, ServerName \"\")",
+                                remote.to_string(),
+                                e
+                            );
+                            return;
+                        }
+                    }
+                    // The handshake verified the client's certificate (when the listener
+                    // asks for one): its common name may name the user (--client-cert-auth).
+                    let names: Vec<String> = leaf
+                        .as_ref()
                         .and_then(|leaf| crate::tls::subject_common_name(leaf))
                         .into_iter()
                         .collect();

@@ -156,6 +156,8 @@ pub struct EtcdServer {
     pub cors: Option<Vec<String>>,
     /// v2 auth state of this process.
     pub auth: AuthState,
+    /// Peer TLS connections are checked against the member certificate's addresses.
+    pub peer_san_check: bool,
 }
 
 /// What the auth API keeps per process (the records themselves are in the store).
@@ -191,6 +193,7 @@ impl EtcdServer {
             cluster_id_header,
             enable_v2: true,
             cors: None,
+            peer_san_check: true,
             auth: AuthState::default(),
         }
     }
@@ -381,6 +384,9 @@ pub struct ServerOptions {
     pub peer_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// `--client-cert-auth`: a client certificate's common name names the v2 auth user.
     pub client_cert_auth: bool,
+    /// Peer TLS listeners check a member's certificate against its address (etcd's
+    /// `checkSAN`); off with `--experimental-peer-skip-client-san-verification`.
+    pub peer_san_check: bool,
 }
 
 /// A snapshot the member restarted from: its index and the store state.
@@ -618,6 +624,7 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
     );
     server.enable_v2 = opts.enable_v2;
     server.auth.client_cert_auth = opts.client_cert_auth;
+    server.peer_san_check = opts.peer_san_check;
     server.cors =
         (!opts.cors.is_empty() && !opts.cors.iter().any(|o| o == "*")).then(|| opts.cors.clone());
     Ok(server)
