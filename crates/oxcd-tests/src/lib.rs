@@ -411,6 +411,46 @@ fn normalize_key(key: &str, base: u64) -> String {
         .join("/")
 }
 
+/// A fresh Debian etcd (the oracle) and a fresh oxcd side by side for differential tests,
+/// with each one's index before the test's requests and the differences found so far.
+pub struct Pair {
+    pub etcd: Member,
+    pub oxcd: Member,
+    pub etcd_base: u64,
+    pub oxcd_base: u64,
+    pub mismatches: Vec<String>,
+}
+
+impl Pair {
+    /// Starts both servers with default flags (`oxcd` is the binary under test).
+    pub fn start(oxcd: &Path) -> Pair {
+        assert!(
+            Path::new(ETCD).exists(),
+            "Debian etcd-server is required: apt-get install etcd-server etcd-client"
+        );
+        let etcd = Member::start(Path::new(ETCD), &[]);
+        let oxcd = Member::start(oxcd, &[]);
+        let (etcd_base, oxcd_base) = (base_index(&etcd), base_index(&oxcd));
+        Pair {
+            etcd,
+            oxcd,
+            etcd_base,
+            oxcd_base,
+            mismatches: Vec::new(),
+        }
+    }
+
+    /// Fails the test with every difference recorded.
+    pub fn finish(self) {
+        assert!(
+            self.mismatches.is_empty(),
+            "{} mismatches:\n{}",
+            self.mismatches.len(),
+            self.mismatches.join("\n")
+        );
+    }
+}
+
 /// The server's index before a test's requests: `X-Etcd-Index` of `GET /v2/keys/`.
 pub fn base_index(m: &Member) -> u64 {
     request(&m.client_url, "GET", "/v2/keys/", None)

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
-use oxcd_tests::{base_index, normalized, ureq, Member, Reply, ETCD};
+use oxcd_tests::{normalized, ureq, Pair, Reply};
 
 /// One step: method, path, credentials (`user:pass`, or `raw:<Authorization value>`), body.
 /// A path ending in `#status` compares only status and headers (bodies that name ports).
@@ -93,32 +93,12 @@ fn send(base: &str, base_index: u64, step: &Step) -> Answer {
     }
 }
 
-struct Pair {
-    etcd: Member,
-    oxcd: Member,
-    etcd_base: u64,
-    oxcd_base: u64,
-    mismatches: Vec<String>,
+/// Sends every step to both servers and records where the answers differ.
+trait RunSteps {
+    fn run(&mut self, steps: &[Step]);
 }
 
-impl Pair {
-    fn new() -> Pair {
-        assert!(
-            Path::new(ETCD).exists(),
-            "Debian etcd-server is required: apt-get install etcd-server etcd-client"
-        );
-        let etcd = Member::start(Path::new(ETCD), &[]);
-        let oxcd = Member::start(Path::new(env!("CARGO_BIN_EXE_oxcd")), &[]);
-        let (etcd_base, oxcd_base) = (base_index(&etcd), base_index(&oxcd));
-        Pair {
-            etcd,
-            oxcd,
-            etcd_base,
-            oxcd_base,
-            mismatches: Vec::new(),
-        }
-    }
-
+impl RunSteps for Pair {
     fn run(&mut self, steps: &[Step]) {
         for step in steps {
             let e = send(&self.etcd.client_url, self.etcd_base, step);
@@ -129,19 +109,10 @@ impl Pair {
             }
         }
     }
-
-    fn finish(self) {
-        assert!(
-            self.mismatches.is_empty(),
-            "{} mismatches:\n{}",
-            self.mismatches.len(),
-            self.mismatches.join("\n")
-        );
-    }
 }
 
 fn run(steps: &[Step]) {
-    let mut p = Pair::new();
+    let mut p = Pair::start(Path::new(env!("CARGO_BIN_EXE_oxcd")));
     p.run(steps);
     p.finish();
 }
