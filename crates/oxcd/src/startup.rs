@@ -39,9 +39,7 @@ pub struct Listeners {
 async fn bind(list: &[Listen], what: &str) -> anyhow::Result<Vec<(TcpListener, Listen)>> {
     let mut out = Vec::new();
     for l in list {
-        let sock = TcpListener::bind(l.addr)
-            .await
-            .with_context(|| format!("listen tcp {}: bind failed", l.addr))?;
+        let sock = listen(l.addr).with_context(|| format!("listen tcp {}: bind failed", l.addr))?;
         tracing::info!(address = %l.addr, tls = l.tls.is_some(), plaintext = l.plain, "startup: listening for {what}");
         out.push((sock, l.clone()));
     }
@@ -247,4 +245,29 @@ pub fn from_config(
         metrics: listens(&cfg.listen_metrics_urls, &client_server_tls)?,
     };
     Ok((opts, listeners))
+}
+
+/// Binds a listener with the listen backlog Go gives etcd's (the system's `somaxconn`), not
+/// the 128 of the standard library: a burst of thousands of connections then waits in the
+/// queue instead of every 129th waiting a second for a SYN retry.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As Go's listeners: a restarted member may bind while old connections linger.
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(listen_backlog())
+}
+
+/// The system's `net.core.somaxconn` (Go reads the same file), or 4096.
+fn listen_backlog() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(4096)
+        .min(65535)
 }
