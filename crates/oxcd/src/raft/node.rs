@@ -4,7 +4,10 @@
 //! with no threads and no clock of its own, so tests can drive several nodes by hand.
 //! [`RaftNode::spawn`] wraps it in the OS thread used by the server: it blocks on the input
 //! channel until the next tick is due, drains every queued input (batching proposals into one
-//! `Ready`), ticks on time and handles the `Ready`.
+//! `Ready`), ticks on time and handles the `Ready`. With [`RaftConfig::apply_thread`] the
+//! state machine runs on an apply thread of its own, fed in log order (see `ApplyWork`), so
+//! the raft thread never waits for the state machine's locks; without it (the simulation)
+//! the same work runs inline, deterministically.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -27,11 +30,11 @@ const POLL_MAX_INPUTS: usize = 2;
 /// What the rest of the server can ask of the raft thread.
 pub enum RaftInput {
     /// Propose an encoded request; `id` is reported back through
-    /// [`Applier::proposal_dropped`] if raft refuses it.
+    /// [`Proposer::proposal_dropped`] if raft refuses it.
     Propose { id: u64, data: Vec<u8> },
     /// A linearizable read: `id` is reported through [`Applier::reads_ready`] once this
     /// member has applied everything committed when the read arrived (raft's ReadIndex), or
-    /// through [`Applier::proposal_dropped`] if it cannot be served now (no leader).
+    /// through [`Proposer::proposal_dropped`] if it cannot be served now (no leader).
     ReadIndex { id: u64 },
     /// A message from a peer.
     Step(Message),
