@@ -1060,3 +1060,117 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// An applier whose entry batches wait for a gate the test holds: a store lock held by
+    /// a long reader.
+    struct Gated {
+        gate: Arc<Mutex<()>>,
+    }
+
+    struct Quiet;
+
+    impl Proposer for Quiet {
+        fn periodic(&mut self, _is_leader: bool, _leader_id: u64) -> Vec<Vec<u8>> {
+            Vec::new()
+        }
+        fn proposal_dropped(&mut self, _id: u64) {}
+    }
+
+    impl Applier for Gated {
+        fn apply_entries(&mut self, _entries: &[Entry]) {
+            drop(self.gate.lock().unwrap());
+        }
+        fn apply_conf_change(&mut self, _index: u64, _cc: &ConfChange) {}
+        fn reads_ready(&mut self, _ids: &[u64]) {}
+        fn snapshot_job(&mut self) -> SnapshotJob {
+            Box::new(Vec::new)
+        }
+        fn restore(&mut self, _index: u64, _data: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+        fn proposer(&mut self) -> Box<dyn Proposer> {
+            Box::new(Quiet)
+        }
+    }
+
+    struct Nowhere;
+
+    impl Transport for Nowhere {
+        fn send(&mut self, _msgs: Vec<Message>) {}
+    }
+
+    fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// While apply waits (behind a reader holding the store), the raft thread keeps
+    /// committing: it hands entries off instead of applying them itself.
+    #[test]
+    fn the_raft_thread_keeps_committing_while_apply_waits() {
+        let gate = Arc::new(Mutex::new(()));
+        let status = Arc::new(RaftStatus::default());
+        let cfg = RaftConfig {
+            id: 1,
+            tick: Duration::from_millis(10),
+            election_ticks: 10,
+            applied: 0,
+            snapshot_count: 0,
+            background_snapshots: false,
+            pre_vote: false,
+            apply_thread: true,
+        };
+        let storage = RaftStorage::new_bootstrap(&[(1, Vec::new())]);
+        let applier = Gated {
+            gate: Arc::clone(&gate),
+        };
+        let node = RaftNode::new(&cfg, storage, applier, Nowhere, Arc::clone(&status))
+            .expect("a one-member node");
+        let (handle, rx) = RaftHandle::channel();
+        let join = node.spawn(cfg.tick, rx);
+        wait_for("leadership", || status.is_leader.load(Ordering::Relaxed));
+        let propose = |id: u64| {
+            handle.send(RaftInput::Propose {
+                id,
+                data: vec![b'x'],
+            });
+        };
+        propose(1);
+        wait_for("the first entry applied", || {
+            status.applied_index.load(Ordering::Acquire)
+                >= status.commit_index.load(Ordering::Relaxed)
+                && status.proposals_failed.load(Ordering::Relaxed) == 0
+                && status.commit_index.load(Ordering::Relaxed) > 1
+        });
+        let held = gate.lock().unwrap();
+        let applied = status.applied_index.load(Ordering::Acquire);
+        let committed = status.commit_index.load(Ordering::Relaxed);
+        // One at a time: each must be committed in a Ready of its own, after the one
+        // whose apply is waiting.
+        for k in 1..=5 {
+            propose(1 + k);
+            wait_for("another entry committed", || {
+                status.commit_index.load(Ordering::Relaxed) >= committed + k
+            });
+        }
+        assert!(
+            status.applied_index.load(Ordering::Acquire) <= applied + 1,
+            "apply did not wait for the gate"
+        );
+        drop(held);
+        wait_for("everything applied", || {
+            status.applied_index.load(Ordering::Acquire)
+                >= status.commit_index.load(Ordering::Relaxed)
+        });
+        handle.send(RaftInput::Shutdown);
+        join.join().expect("the raft thread stops cleanly");
+    }
+}
