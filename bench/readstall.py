@@ -5,12 +5,17 @@ against the leader for S seconds. Reports the time per recursive GET and the lea
 seen during the reads (a leader whose raft thread waits behind readers misses heartbeats and
 is voted out). Binaries alternate so both see the same machine.
 
-usage: bench/readstall.py N R S BINARY [BINARY...]
+With --ttl, one key with a TTL is set before the reads: the leader then proposes its clock
+(SYNC) every 500 ms, so there are entries to apply while the readers hold the store.
+
+usage: bench/readstall.py [--ttl] N R S BINARY [BINARY...]
 """
 import http.client, json, os, shutil, statistics, subprocess, sys, tempfile, threading, time, urllib.parse
 
-N, R, S = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-BINARIES = sys.argv[4:]
+TTL = "--ttl" in sys.argv
+ARGS = [a for a in sys.argv[1:] if a != "--ttl"]
+N, R, S = int(ARGS[0]), int(ARGS[1]), float(ARGS[2])
+BINARIES = ARGS[3:]
 
 
 def req(port, method, path, body=None, timeout=30.0):
@@ -60,6 +65,8 @@ def run(binary, base):
                     if line.startswith("etcd_server_leader_changes_seen_total"):
                         total += int(float(line.split()[1]))
             return total
+        if TTL:
+            req(client[leader], "PUT", "/v2/keys/lease", urllib.parse.urlencode({"value": "held", "ttl": "3600"}))
         before = changes_seen()
         stop = time.time() + S
         took = []
@@ -82,6 +89,7 @@ def run(binary, base):
 
 
 for k, b in enumerate(BINARIES):
-    med, n, changes = run(b, 42000 + 100 * k)
-    print(f"{os.path.basename(b)}: {N} keys, {R} readers for {S:.0f}s: {n} recursive GETs, median {med:.2f}s; "
+    # Below Linux's ephemeral port range, which the load's client sockets draw from.
+    med, n, changes = run(b, 22000 + 100 * k)
+    print(f"{os.path.basename(b)}: {N} keys{' + a TTL key' if TTL else ''}, {R} readers for {S:.0f}s: {n} recursive GETs, median {med:.2f}s; "
           f"leader changes seen by the members during the reads: {changes}", flush=True)

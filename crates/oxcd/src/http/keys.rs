@@ -381,6 +381,19 @@ fn result_response(
 /// Serves one parsed keys request.
 pub async fn serve_keys(server: &Arc<EtcdServer>, req: KeyRequest) -> Response<RespBody> {
     if let Some(v2) = req.to_v2_request() {
+        if matches!(
+            v2,
+            V2Request::QuorumGet {
+                recursive: true,
+                ..
+            }
+        ) {
+            // Linearizable, then read locally like any recursive GET (below).
+            if let Err(e) = server.wait_readable().await {
+                return error_response(&e.to_v2());
+            }
+            return local_read(server, &req).await;
+        }
         return match server.do_v2(v2).await {
             Ok(res) => result_response(server, res, req.no_value_on_success),
             Err(e) => error_response(&e.to_v2()),
@@ -390,8 +403,30 @@ pub async fn serve_keys(server: &Arc<EtcdServer>, req: KeyRequest) -> Response<R
         return serve_watch(server, &req);
     }
     // GET and HEAD: local read.
-    let res = server.get(&req.path, req.recursive, req.sorted);
-    result_response(server, res, req.no_value_on_success)
+    local_read(server, &req).await
+}
+
+/// Reads the store locally and builds the answer. A recursive read copies and encodes a
+/// whole subtree — seconds for a large one — so it runs on the blocking pool: the
+/// runtime's workers keep carrying the peer traffic (the leader's heartbeats and their
+/// answers) and the other clients meanwhile, as Go's scheduler keeps etcd's goroutines going.
+async fn local_read(server: &Arc<EtcdServer>, req: &KeyRequest) -> Response<RespBody> {
+    let (path, recursive, sorted) = (req.path.clone(), req.recursive, req.sorted);
+    let no_value_on_success = req.no_value_on_success;
+    if !recursive {
+        let res = server.get(&path, recursive, sorted);
+        return result_response(server, res, no_value_on_success);
+    }
+    let server = Arc::clone(server);
+    let read = tokio::task::spawn_blocking(move || {
+        let res = server.get(&path, recursive, sorted);
+        result_response(&server, res, no_value_on_success)
+    });
+    match read.await {
+        Ok(resp) => resp,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => error_response(&crate::server::ServerError::Stopped.to_v2()),
+    }
 }
 
 fn serve_watch(server: &Arc<EtcdServer>, req: &KeyRequest) -> Response<RespBody> {

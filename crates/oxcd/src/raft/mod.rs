@@ -2,7 +2,7 @@
 //! tick → step → ready → persist → send → apply → advance.
 //!
 //! Owns: the `RawNode`, the log storage, the tick clock, the shared [`RaftStatus`].
-//! Does not own: what entries mean (the [`Applier`] decides), how messages travel (the
+//! Does not own: what entries mean (the [`Applier`] decides, on the apply thread), how messages travel (the
 //! [`Transport`] does), who waits for results (the server's wait registry).
 //!
 //! Invariants:
@@ -24,7 +24,8 @@ pub mod storage;
 pub mod validate;
 
 pub use node::{
-    Applier, RaftConfig, RaftHandle, RaftInput, RaftNode, RaftStatus, SnapshotJob, Transport,
+    Applier, Proposer, RaftConfig, RaftHandle, RaftInput, RaftNode, RaftStatus, SnapshotJob,
+    Transport,
 };
 #[cfg(test)]
 mod sim_tests;

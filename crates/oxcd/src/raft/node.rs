@@ -4,7 +4,10 @@
 //! with no threads and no clock of its own, so tests can drive several nodes by hand.
 //! [`RaftNode::spawn`] wraps it in the OS thread used by the server: it blocks on the input
 //! channel until the next tick is due, drains every queued input (batching proposals into one
-//! `Ready`), ticks on time and handles the `Ready`.
+//! `Ready`), ticks on time and handles the `Ready`. With [`RaftConfig::apply_thread`] the
+//! state machine runs on an apply thread of its own, fed in log order (see `ApplyWork`), so
+//! the raft thread never waits for the state machine's locks; without it (the simulation)
+//! the same work runs inline, deterministically.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -27,11 +30,11 @@ const POLL_MAX_INPUTS: usize = 2;
 /// What the rest of the server can ask of the raft thread.
 pub enum RaftInput {
     /// Propose an encoded request; `id` is reported back through
-    /// [`Applier::proposal_dropped`] if raft refuses it.
+    /// [`Proposer::proposal_dropped`] if raft refuses it.
     Propose { id: u64, data: Vec<u8> },
     /// A linearizable read: `id` is reported through [`Applier::reads_ready`] once this
     /// member has applied everything committed when the read arrived (raft's ReadIndex), or
-    /// through [`Applier::proposal_dropped`] if it cannot be served now (no leader).
+    /// through [`Proposer::proposal_dropped`] if it cannot be served now (no leader).
     ReadIndex { id: u64 },
     /// A message from a peer.
     Step(Message),
@@ -43,19 +46,18 @@ pub enum RaftInput {
     Shutdown,
 }
 
-/// Applies committed entries: the replicated state machine.
+/// Applies committed entries: the replicated state machine. Runs on the apply thread (or,
+/// with [`RaftConfig::apply_thread`] off, on the raft thread itself), which receives its
+/// work in log order; only the [`Proposer`] half split off by [`Applier::proposer`] stays on
+/// the raft thread.
 pub trait Applier: Send {
     /// Applies a batch of committed normal entries, in order. Entries with empty data (the
     /// leader's no-op after an election) are included so the applied index moves.
     fn apply_entries(&mut self, entries: &[Entry]);
     /// Applies a committed configuration change (after raft-rs has applied it).
     fn apply_conf_change(&mut self, index: u64, cc: &ConfChange);
-    /// Called on the raft thread after every handled Ready and tick: a chance for periodic
-    /// proposals (SYNC, publish). Returns encoded requests to propose.
-    fn periodic(&mut self, is_leader: bool, leader_id: u64) -> Vec<Vec<u8>>;
-    /// Raft refused the proposal (or read) with this ID (no leader known yet).
-    fn proposal_dropped(&mut self, id: u64);
-    /// These reads may now be served from the local state machine.
+    /// These reads may now be served from the local state machine (everything up to their
+    /// read index is applied).
     fn reads_ready(&mut self, ids: &[u64]);
     /// The state machine state at the last applied index, as a job that encodes it. The
     /// job may run on another thread while entries keep being applied, so it must own a
@@ -64,6 +66,18 @@ pub trait Applier: Send {
     /// Replaces the state machine with a snapshot received from the leader. An error means
     /// the data cannot be read; the member stops rather than serve a state it does not have.
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String>;
+    /// The part that runs on the raft thread (called once, when the node is created).
+    fn proposer(&mut self) -> Box<dyn Proposer>;
+}
+
+/// The raft thread's side of the state machine: it must never wait for the state machine's
+/// locks (a slow reader there would stop heartbeats).
+pub trait Proposer: Send {
+    /// Called on the raft thread after every handled Ready and tick: a chance for periodic
+    /// proposals (SYNC, publish). Returns encoded requests to propose.
+    fn periodic(&mut self, is_leader: bool, leader_id: u64) -> Vec<Vec<u8>>;
+    /// Raft refused the proposal (or read) with this ID (no leader known yet).
+    fn proposal_dropped(&mut self, id: u64);
 }
 
 /// Encodes a copy of the state machine for a snapshot.
@@ -161,6 +175,169 @@ pub struct RaftConfig {
     /// `--pre-vote`: a member that was cut off asks whether it could win before it raises
     /// its term, so its return does not depose a working leader.
     pub pre_vote: bool,
+    /// Apply on a thread of its own (the server), so the raft thread never waits for the
+    /// state machine's locks; tests that need determinism apply inline on the raft thread.
+    pub apply_thread: bool,
+}
+
+/// Work for the apply thread, sent in log order.
+enum ApplyWork {
+    /// Committed normal entries.
+    Entries(Vec<Entry>),
+    /// The state machine's side of a configuration change raft-rs already applied.
+    ConfChange { index: u64, cc: ConfChange },
+    /// A snapshot from the leader replaces the state.
+    Restore(Snapshot),
+    /// Reads whose read index is applied once the work queued before them is.
+    Reads(Vec<u64>),
+    /// Copy the state as of the work queued before this (its metadata index).
+    Snapshot(SnapshotTask),
+}
+
+/// A snapshot to take at the exact index in its metadata.
+struct SnapshotTask {
+    /// Metadata only; the data is the applier's copy of the state.
+    snap: Snapshot,
+    /// Where to write the file on a thread of its own; `None` hands the data back to the
+    /// raft thread, which installs it at once.
+    writer: Option<oxcd_wal::Snapshotter>,
+    done: Sender<SnapshotDone>,
+    started: Instant,
+}
+
+/// What became of a [`SnapshotTask`].
+enum SnapshotDone {
+    /// The state is in `data`; the raft thread compacts and writes it.
+    Taken(Snapshot),
+    /// The file is written; the raft thread compacts and records its WAL marker.
+    Saved(Snapshot),
+    /// Nothing to install (a later `--snapshot-count` tries again).
+    Failed,
+}
+
+impl SnapshotTask {
+    fn run(self, job: SnapshotJob) {
+        let SnapshotTask {
+            mut snap,
+            writer,
+            done,
+            started,
+        } = self;
+        let Some(writer) = writer else {
+            snap.data = job().into();
+            let _ = done.send(SnapshotDone::Taken(snap));
+            return;
+        };
+        let copied_ms = started.elapsed().as_millis() as u64;
+        let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
+        let failed = done.clone();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                let data = job();
+                let size = data.len();
+                let file = super::storage::snapshot_file(snap.get_metadata(), data);
+                match writer.save(&file) {
+                    Ok(path) => {
+                        tracing::info!(
+                            index,
+                            term,
+                            bytes = size,
+                            copy_ms = copied_ms,
+                            took_ms = started.elapsed().as_millis() as u64,
+                            file = %path.display(),
+                            "snap: snapshot file written"
+                        );
+                        let _ = done.send(SnapshotDone::Saved(snap));
+                    }
+                    Err(e) => {
+                        crate::failstop::fatal(format_args!(
+                            "snap: saving snapshot file at index {index} failed: {e}"
+                        ));
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "snap: cannot start the snapshot thread");
+            let _ = failed.send(SnapshotDone::Failed);
+        }
+    }
+}
+
+/// Runs apply work against the applier and publishes the applied index.
+struct ApplyLoop<A: Applier> {
+    applier: A,
+    status: Arc<RaftStatus>,
+}
+
+impl<A: Applier> ApplyLoop<A> {
+    fn run(&mut self, work: ApplyWork) -> Result<(), String> {
+        match work {
+            ApplyWork::Entries(entries) => {
+                self.applier.apply_entries(&entries);
+                if let Some(last) = entries.last() {
+                    self.status
+                        .applied_index
+                        .fetch_max(last.index, Ordering::Release);
+                }
+            }
+            ApplyWork::ConfChange { index, cc } => {
+                self.applier.apply_conf_change(index, &cc);
+                self.status
+                    .applied_index
+                    .fetch_max(index, Ordering::Release);
+            }
+            ApplyWork::Restore(snap) => {
+                let index = snap.get_metadata().index;
+                self.applier.restore(index, &snap.data)?;
+                self.status.applied_index.store(index, Ordering::Release);
+            }
+            ApplyWork::Reads(ids) => self.applier.reads_ready(&ids),
+            ApplyWork::Snapshot(task) => task.run(self.applier.snapshot_job()),
+        }
+        Ok(())
+    }
+
+    /// The apply thread: runs the work in order; consecutive entry batches queued while it
+    /// was busy are applied as one (one store lock for all of them).
+    fn run_thread(mut self, rx: Receiver<ApplyWork>) {
+        let mut next = None;
+        loop {
+            let work = match next.take() {
+                Some(work) => work,
+                None => match rx.recv() {
+                    Ok(work) => work,
+                    Err(_) => return,
+                },
+            };
+            let work = match work {
+                ApplyWork::Entries(mut entries) => {
+                    while let Ok(more) = rx.try_recv() {
+                        match more {
+                            ApplyWork::Entries(more) => entries.extend(more),
+                            other => {
+                                next = Some(other);
+                                break;
+                            }
+                        }
+                    }
+                    ApplyWork::Entries(entries)
+                }
+                other => other,
+            };
+            if let Err(e) = self.run(work) {
+                crate::failstop::fatal(format_args!("apply: {e}"));
+            }
+        }
+    }
+}
+
+/// Where apply work runs.
+enum Executor<A: Applier> {
+    /// On the raft thread, at once (deterministic tests).
+    Inline(ApplyLoop<A>),
+    /// On the apply thread, in the order sent.
+    Thread(Sender<ApplyWork>),
 }
 
 /// A handle to the raft thread.
@@ -187,15 +364,19 @@ impl RaftHandle {
 pub struct RaftNode<A: Applier, T: Transport> {
     raw: RawNode<RaftStorage>,
     storage: RaftStorage,
-    applier: A,
+    /// Runs the apply work (the store side), inline or on the apply thread.
+    apply: Executor<A>,
+    /// The applier's raft-thread half (periodic proposals, dropped proposals).
+    proposer: Box<dyn Proposer>,
     transport: T,
     status: Arc<RaftStatus>,
     id: u64,
     snapshot_count: u64,
     /// Index of the latest snapshot (local or received).
     snapshot_index: u64,
-    /// Index of the last applied entry.
-    applied: u64,
+    /// Index of the last entry handed to apply (raft-rs's applied index). What the state
+    /// machine has really applied is `status.applied_index`, kept by the apply work.
+    handed: u64,
     /// Campaign once the pending configuration is applied (one-member clusters).
     campaign_pending: bool,
     /// Reads received since the last Ready; they share one ReadIndex request.
@@ -212,14 +393,14 @@ pub struct RaftNode<A: Applier, T: Transport> {
     background_snapshots: bool,
     /// A snapshot being encoded and written in the background: its metadata arrives here
     /// once its file is on disk (None if writing failed).
-    snapshot_in_progress: Option<Receiver<Option<Snapshot>>>,
+    snapshot_in_progress: Option<Receiver<SnapshotDone>>,
     /// The highest commit index broadcast to followers on its own.
     commit_told: u64,
     /// When a dropped peer message was last logged (a flood logs once a second).
     refusal_logged: Option<Instant>,
 }
 
-impl<A: Applier, T: Transport> RaftNode<A, T> {
+impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
     /// Creates the node over existing storage.
     pub fn new(
         cfg: &RaftConfig,
@@ -244,16 +425,36 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
         };
         raft_cfg.validate()?;
         let raw = RawNode::new(&raft_cfg, storage.clone(), &super::logger::raft_logger())?;
+        let mut applier = applier;
+        let proposer = applier.proposer();
+        status
+            .applied_index
+            .fetch_max(cfg.applied, Ordering::Release);
+        let apply_loop = ApplyLoop {
+            applier,
+            status: Arc::clone(&status),
+        };
+        let apply = if cfg.apply_thread {
+            let (tx, rx) = mpsc::channel();
+            std::thread::Builder::new()
+                .name("apply".into())
+                .spawn(move || apply_loop.run_thread(rx))
+                .map_err(|e| raft::Error::Store(raft::StorageError::Other(e.into())))?;
+            Executor::Thread(tx)
+        } else {
+            Executor::Inline(apply_loop)
+        };
         let mut node = RaftNode {
             raw,
             storage,
-            applier,
+            apply,
+            proposer,
             transport,
             status,
             id: cfg.id,
             snapshot_count: cfg.snapshot_count,
             snapshot_index: cfg.applied,
-            applied: cfg.applied,
+            handed: cfg.applied,
             campaign_pending: false,
             read_batch: Vec::new(),
             reads_in_flight: std::collections::HashMap::new(),
@@ -297,7 +498,7 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
                 }
             });
             for id in expired {
-                self.applier.proposal_dropped(id);
+                self.proposer.proposal_dropped(id);
             }
         }
     }
@@ -373,7 +574,7 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
     /// Lets the applier propose its periodic requests.
     pub fn run_periodic(&mut self) {
         let leader = self.raw.raft.leader_id;
-        for data in self.applier.periodic(self.is_leader(), leader) {
+        for data in self.proposer.periodic(self.is_leader(), leader) {
             self.propose(data);
         }
     }
@@ -420,12 +621,10 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
                 term = snap.get_metadata().term,
                 "raft: applying snapshot from leader"
             );
-            self.applier
-                .restore(index, &snap.data)
-                .map_err(|e| raft::Error::Store(raft::StorageError::Other(e.into())))?;
-            self.applied = index;
+            // Restored before any entry after it is applied: the apply work is in order.
+            self.hand(ApplyWork::Restore(snap.clone()))?;
+            self.handed = index;
             self.snapshot_index = index;
-            self.status.applied_index.store(index, Ordering::Relaxed);
         }
         let committed = ready.take_committed_entries();
         self.apply(committed)?;
@@ -452,8 +651,8 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
         }
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
-        self.release_reads();
-        self.maybe_snapshot();
+        self.release_reads()?;
+        self.maybe_snapshot()?;
         self.maybe_campaign();
         Ok(())
     }
@@ -492,7 +691,7 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
         let ids = std::mem::take(&mut self.read_batch);
         if self.raw.raft.leader_id == 0 {
             for id in ids {
-                self.applier.proposal_dropped(id);
+                self.proposer.proposal_dropped(id);
             }
             return;
         }
@@ -506,15 +705,16 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
         self.reads_in_flight.insert(ctx, (ids, self.ticks));
     }
 
-    /// Serves the reads whose read index this member has applied.
-    fn release_reads(&mut self) {
+    /// Hands apply the reads whose read index was handed to it: it serves them once it has
+    /// applied everything queued before them, so at least up to their read index.
+    fn release_reads(&mut self) -> raft::Result<()> {
         if self.reads_confirmed.is_empty() {
-            return;
+            return Ok(());
         }
-        let applied = self.applied;
+        let handed = self.handed;
         let mut ready = Vec::new();
         self.reads_confirmed.retain_mut(|(index, ids)| {
-            if *index <= applied {
+            if *index <= handed {
                 ready.append(ids);
                 false
             } else {
@@ -522,14 +722,35 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
             }
         });
         if !ready.is_empty() {
-            self.applier.reads_ready(&ready);
+            self.hand(ApplyWork::Reads(ready))?;
+        }
+        Ok(())
+    }
+
+    /// The index the state machine has applied (reported by the apply work).
+    pub fn applied(&self) -> u64 {
+        self.status.applied_index.load(Ordering::Acquire)
+    }
+
+    /// Runs apply work inline, or queues it for the apply thread behind the work before it.
+    fn hand(&mut self, work: ApplyWork) -> raft::Result<()> {
+        match &mut self.apply {
+            Executor::Inline(apply) => apply
+                .run(work)
+                .map_err(|e| raft::Error::Store(raft::StorageError::Other(e.into()))),
+            Executor::Thread(tx) => {
+                if tx.send(work).is_err() {
+                    crate::failstop::fatal(format_args!("raft: the apply thread stopped"));
+                }
+                Ok(())
+            }
         }
     }
 
     /// A one-member cluster campaigns at once, as soon as everything committed (its
     /// configuration included) is applied — raft refuses to campaign before that.
     fn maybe_campaign(&mut self) {
-        if self.campaign_pending && self.applied >= self.raw.raft.raft_log.committed {
+        if self.campaign_pending && self.handed >= self.raw.raft.raft_log.committed {
             self.campaign_pending = false;
             if let Err(e) = self.raw.campaign() {
                 tracing::warn!(error = %e, "raft: campaign failed");
@@ -538,92 +759,75 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
     }
 
     /// Takes a snapshot when `snapshot_count` entries were applied since the last one, and
-    /// compacts the in-memory log up to it. In the background mode the applier's copy of
-    /// the state is encoded and written to its file on another thread; the log is compacted
-    /// and the WAL marker written when the file is on disk ([`Self::poll_snapshot`]).
-    fn maybe_snapshot(&mut self) {
+    /// compacts the in-memory log up to it. The snapshot is taken at the index last handed
+    /// to apply: the copy of the state is made by the apply work queued right behind that
+    /// entry, so the state is exactly the metadata index's. In the background mode the copy
+    /// is encoded and written to its file on another thread; the log is compacted and the
+    /// WAL marker written when the file is on disk ([`Self::poll_snapshot`]); until then no
+    /// other snapshot starts, so nothing compacts past the one being written.
+    fn maybe_snapshot(&mut self) -> raft::Result<()> {
         if self.snapshot_in_progress.is_some()
             || self.snapshot_count == 0
-            || self.applied < self.snapshot_index + self.snapshot_count
+            || self.applied() < self.snapshot_index + self.snapshot_count
         {
-            return;
+            return Ok(());
         }
-        let index = self.applied;
+        let index = self.handed;
         let Some(term) = self.storage.term_of(index) else {
-            return;
+            return Ok(());
         };
-        let started = Instant::now();
-        let job = self.applier.snapshot_job();
         let mut snap = Snapshot::default();
         let meta = snap.mut_metadata();
         meta.index = index;
         meta.term = term;
+        // raft-rs applied every configuration change up to `index` when it was handed off.
         meta.set_conf_state(self.storage.conf_state());
         // Counted from now: no second snapshot is started while this one is written.
         self.snapshot_index = index;
-        let writer = self.storage.snapshot_writer();
-        if !self.background_snapshots || writer.is_none() {
-            snap.data = job().into();
-            let size = snap.data.len();
-            self.storage.install_local_snapshot(snap);
-            tracing::info!(
-                index,
-                term,
-                bytes = size,
-                took_ms = started.elapsed().as_millis() as u64,
-                "raft: snapshot taken, log compacted"
-            );
-            return;
-        }
-        let writer = writer.expect("checked above");
-        let copied_ms = started.elapsed().as_millis() as u64;
-        let (tx, rx) = mpsc::channel();
+        let writer = if self.background_snapshots {
+            self.storage.snapshot_writer()
+        } else {
+            None
+        };
+        let (done, rx) = mpsc::channel();
         self.snapshot_in_progress = Some(rx);
-        let spawned = std::thread::Builder::new()
-            .name("snapshot".into())
-            .spawn(move || {
-                let data = job();
-                let size = data.len();
-                let file = super::storage::snapshot_file(snap.get_metadata(), data);
-                match writer.save(&file) {
-                    Ok(path) => {
-                        tracing::info!(
-                            index,
-                            term,
-                            bytes = size,
-                            copy_ms = copied_ms,
-                            took_ms = started.elapsed().as_millis() as u64,
-                            file = %path.display(),
-                            "snap: snapshot file written"
-                        );
-                        let _ = tx.send(Some(snap));
-                    }
-                    Err(e) => {
-                        crate::failstop::fatal(format_args!(
-                            "snap: saving snapshot file at index {index} failed: {e}"
-                        ));
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "snap: cannot start the snapshot thread");
-            self.snapshot_in_progress = None;
-        }
+        self.hand(ApplyWork::Snapshot(SnapshotTask {
+            snap,
+            writer,
+            done,
+            started: Instant::now(),
+        }))?;
+        // Inline, the state is already copied (and without a writer, taken): install it now.
+        self.poll_snapshot();
+        Ok(())
     }
 
-    /// Finishes a background snapshot whose file is written: compaction, WAL marker, purge.
+    /// Finishes a snapshot whose state is copied: compaction, file (unless a background
+    /// thread wrote it), WAL marker, purge.
     pub fn poll_snapshot(&mut self) {
         let Some(rx) = &self.snapshot_in_progress else {
             return;
         };
         match rx.try_recv() {
-            Ok(Some(snap)) => {
+            Ok(SnapshotDone::Taken(snap)) => {
+                self.snapshot_in_progress = None;
+                let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
+                let size = snap.data.len();
+                self.storage.install_local_snapshot(snap);
+                tracing::info!(
+                    index,
+                    term,
+                    bytes = size,
+                    "raft: snapshot taken, log compacted"
+                );
+            }
+            Ok(SnapshotDone::Saved(snap)) => {
                 self.snapshot_in_progress = None;
                 let index = snap.get_metadata().index;
                 self.storage.install_saved_snapshot(snap);
                 tracing::info!(index, "raft: snapshot recorded, log compacted");
             }
-            Ok(None) | Err(mpsc::TryRecvError::Disconnected) => {
+            Ok(SnapshotDone::Failed) | Err(mpsc::TryRecvError::Disconnected) => {
                 // Try again after the next --snapshot-count entries.
                 self.snapshot_in_progress = None;
             }
@@ -641,7 +845,7 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
             // requesters try again with the new one.
             for (_, (ids, _)) in std::mem::take(&mut self.reads_in_flight) {
                 for id in ids {
-                    self.applier.proposal_dropped(id);
+                    self.proposer.proposal_dropped(id);
                 }
             }
             if leader_id != 0 {
@@ -689,8 +893,19 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
         self.transport.send(msgs);
     }
 
+    /// Hands committed entries to apply, in log order. A configuration change is applied
+    /// to raft-rs here, on the thread that owns the `RawNode`, when it is handed off; its
+    /// store side follows on the apply thread.
     fn apply(&mut self, entries: Vec<Entry>) -> raft::Result<()> {
-        if entries.is_empty() {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        if !entries
+            .iter()
+            .any(|e| e.get_entry_type() != EntryType::EntryNormal)
+        {
+            self.hand(ApplyWork::Entries(entries))?;
+            self.handed = self.handed.max(last);
             return Ok(());
         }
         let mut batch: Vec<Entry> = Vec::with_capacity(entries.len());
@@ -699,8 +914,7 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
                 EntryType::EntryNormal => batch.push(entry),
                 EntryType::EntryConfChange => {
                     if !batch.is_empty() {
-                        self.applier.apply_entries(&batch);
-                        batch.clear();
+                        self.hand(ApplyWork::Entries(std::mem::take(&mut batch)))?;
                     }
                     let cc = match ConfChange::parse_from_bytes(&entry.data) {
                         Ok(cc) => cc,
@@ -716,11 +930,10 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
                     };
                     let cs = self.raw.apply_conf_change(&cc)?;
                     self.storage.set_conf_state(cs);
-                    self.applier.apply_conf_change(entry.index, &cc);
-                    self.applied = entry.index;
-                    self.status
-                        .applied_index
-                        .fetch_max(entry.index, Ordering::Relaxed);
+                    self.hand(ApplyWork::ConfChange {
+                        index: entry.index,
+                        cc,
+                    })?;
                 }
                 EntryType::EntryConfChangeV2 => {
                     tracing::warn!(index = entry.index, "raft: ignoring ConfChangeV2 entry");
@@ -728,11 +941,9 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
             }
         }
         if !batch.is_empty() {
-            self.applier.apply_entries(&batch);
-            let last = batch.last().map(|e| e.index).unwrap_or(0);
-            self.applied = self.applied.max(last);
-            self.status.applied_index.fetch_max(last, Ordering::Relaxed);
+            self.hand(ApplyWork::Entries(batch))?;
         }
+        self.handed = self.handed.max(last);
         Ok(())
     }
 
@@ -812,7 +1023,7 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
             if let Err(e) = self.handle_ready() {
                 crate::failstop::fatal(format_args!("raft: storage failure: {e}"));
             }
-            busy = light && self.applied >= self.raw.raft.raft_log.last_index();
+            busy = light && self.applied() >= self.raw.raft.raft_log.last_index();
             self.poll_snapshot();
             if stop {
                 tracing::info!("raft: stopped");
@@ -825,7 +1036,7 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
         match input {
             RaftInput::Propose { id, data } => {
                 if !self.propose(data) {
-                    self.applier.proposal_dropped(id);
+                    self.proposer.proposal_dropped(id);
                 }
                 false
             }
@@ -847,5 +1058,119 @@ impl<A: Applier, T: Transport> RaftNode<A, T> {
             }
             RaftInput::Shutdown => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// An applier whose entry batches wait for a gate the test holds: a store lock held by
+    /// a long reader.
+    struct Gated {
+        gate: Arc<Mutex<()>>,
+    }
+
+    struct Quiet;
+
+    impl Proposer for Quiet {
+        fn periodic(&mut self, _is_leader: bool, _leader_id: u64) -> Vec<Vec<u8>> {
+            Vec::new()
+        }
+        fn proposal_dropped(&mut self, _id: u64) {}
+    }
+
+    impl Applier for Gated {
+        fn apply_entries(&mut self, _entries: &[Entry]) {
+            drop(self.gate.lock().unwrap());
+        }
+        fn apply_conf_change(&mut self, _index: u64, _cc: &ConfChange) {}
+        fn reads_ready(&mut self, _ids: &[u64]) {}
+        fn snapshot_job(&mut self) -> SnapshotJob {
+            Box::new(Vec::new)
+        }
+        fn restore(&mut self, _index: u64, _data: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+        fn proposer(&mut self) -> Box<dyn Proposer> {
+            Box::new(Quiet)
+        }
+    }
+
+    struct Nowhere;
+
+    impl Transport for Nowhere {
+        fn send(&mut self, _msgs: Vec<Message>) {}
+    }
+
+    fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// While apply waits (behind a reader holding the store), the raft thread keeps
+    /// committing: it hands entries off instead of applying them itself.
+    #[test]
+    fn the_raft_thread_keeps_committing_while_apply_waits() {
+        let gate = Arc::new(Mutex::new(()));
+        let status = Arc::new(RaftStatus::default());
+        let cfg = RaftConfig {
+            id: 1,
+            tick: Duration::from_millis(10),
+            election_ticks: 10,
+            applied: 0,
+            snapshot_count: 0,
+            background_snapshots: false,
+            pre_vote: false,
+            apply_thread: true,
+        };
+        let storage = RaftStorage::new_bootstrap(&[(1, Vec::new())]);
+        let applier = Gated {
+            gate: Arc::clone(&gate),
+        };
+        let node = RaftNode::new(&cfg, storage, applier, Nowhere, Arc::clone(&status))
+            .expect("a one-member node");
+        let (handle, rx) = RaftHandle::channel();
+        let join = node.spawn(cfg.tick, rx);
+        wait_for("leadership", || status.is_leader.load(Ordering::Relaxed));
+        let propose = |id: u64| {
+            handle.send(RaftInput::Propose {
+                id,
+                data: vec![b'x'],
+            });
+        };
+        propose(1);
+        wait_for("the first entry applied", || {
+            status.applied_index.load(Ordering::Acquire)
+                >= status.commit_index.load(Ordering::Relaxed)
+                && status.proposals_failed.load(Ordering::Relaxed) == 0
+                && status.commit_index.load(Ordering::Relaxed) > 1
+        });
+        let held = gate.lock().unwrap();
+        let applied = status.applied_index.load(Ordering::Acquire);
+        let committed = status.commit_index.load(Ordering::Relaxed);
+        // One at a time: each must be committed in a Ready of its own, after the one
+        // whose apply is waiting.
+        for k in 1..=5 {
+            propose(1 + k);
+            wait_for("another entry committed", || {
+                status.commit_index.load(Ordering::Relaxed) >= committed + k
+            });
+        }
+        assert!(
+            status.applied_index.load(Ordering::Acquire) <= applied + 1,
+            "apply did not wait for the gate"
+        );
+        drop(held);
+        wait_for("everything applied", || {
+            status.applied_index.load(Ordering::Acquire)
+                >= status.commit_index.load(Ordering::Relaxed)
+        });
+        handle.send(RaftInput::Shutdown);
+        join.join().expect("the raft thread stops cleanly");
     }
 }

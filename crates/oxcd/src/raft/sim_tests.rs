@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use raft::prelude::*;
 use raft::Storage;
 
-use super::node::{Applier, RaftConfig, RaftNode, RaftStatus, Transport};
+use super::node::{Applier, Proposer, RaftConfig, RaftNode, RaftStatus, Transport};
 use super::storage::{RaftStorage, SnapshotFiles};
 
 /// xorshift64*: a tiny deterministic generator, enough for schedules.
@@ -177,12 +177,6 @@ impl Applier for Log {
     fn apply_conf_change(&mut self, index: u64, _cc: &ConfChange) {
         self.index.fetch_max(index, Ordering::Relaxed);
     }
-    fn periodic(&mut self, _is_leader: bool, _leader_id: u64) -> Vec<Vec<u8>> {
-        Vec::new()
-    }
-    fn proposal_dropped(&mut self, id: u64) {
-        self.reads.lock().unwrap().dropped.push(id);
-    }
     fn reads_ready(&mut self, ids: &[u64]) {
         self.reads.lock().unwrap().served.extend_from_slice(ids);
     }
@@ -193,6 +187,18 @@ impl Applier for Log {
     }
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
         self.restore_state(index, data)
+    }
+    fn proposer(&mut self) -> Box<dyn Proposer> {
+        Box::new(self.clone())
+    }
+}
+
+impl Proposer for Log {
+    fn periodic(&mut self, _is_leader: bool, _leader_id: u64) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+    fn proposal_dropped(&mut self, id: u64) {
+        self.reads.lock().unwrap().dropped.push(id);
     }
 }
 
@@ -236,6 +242,8 @@ fn raft_config(id: u64, applied: u64) -> RaftConfig {
         snapshot_count: 25,
         background_snapshots: false,
         pre_vote: true,
+        // Deterministic schedules: the raft thread applies inline.
+        apply_thread: false,
     }
 }
 

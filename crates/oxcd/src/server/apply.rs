@@ -10,7 +10,7 @@
 //! the log — the `now` it receives is used only to compute the `ttl` field of responses.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use raft::prelude::{ConfChange, ConfChangeType, Entry};
@@ -18,24 +18,38 @@ use raft::prelude::{ConfChange, ConfChangeType, Entry};
 use super::request::{time_to_unix_nanos, unix_nanos_to_time, RaftRequest, RequestBody, V2Request};
 use super::{ApplyResult, Outcome, Shared, CLUSTER_VERSION};
 use crate::membership::{id_to_string, Member};
-use crate::raft::Applier;
+use crate::raft::{Applier, Proposer};
 
 /// How often the leader proposes its clock while TTL keys exist (etcd's SYNC interval).
 const SYNC_INTERVAL: Duration = Duration::from_millis(500);
 /// How long to wait before retrying a publish or cluster-version proposal.
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The state machine driven by the raft thread.
-pub struct ServerApplier {
-    shared: Arc<Shared>,
-    last_sync: Instant,
-    last_publish: Option<Instant>,
+/// This run's publish: proposed by the [`ServerProposer`] on the raft thread, recognized
+/// when applied by the [`ServerApplier`] on the apply thread.
+#[derive(Default)]
+struct Publish {
     /// IDs of the publish requests this run proposed; the first of them applied makes the
     /// member ready (a publish replayed from an earlier run does not: entries acknowledged
     /// before this start may still be unapplied until this run's own publish is).
-    publish_ids: Vec<u64>,
+    ids: Vec<u64>,
     /// This run's publish went through raft.
-    published: bool,
+    done: bool,
+}
+
+/// The state machine, driven by the apply thread.
+pub struct ServerApplier {
+    shared: Arc<Shared>,
+    publish: Arc<Mutex<Publish>>,
+}
+
+/// The raft thread's side: periodic proposals and dropped proposals. It never takes the
+/// store lock (a long read there would stop the leader's heartbeats).
+pub struct ServerProposer {
+    shared: Arc<Shared>,
+    publish: Arc<Mutex<Publish>>,
+    last_sync: Instant,
+    last_publish: Option<Instant>,
     last_version: Option<Instant>,
 }
 
@@ -44,18 +58,24 @@ impl ServerApplier {
     pub fn new(shared: Arc<Shared>) -> Self {
         ServerApplier {
             shared,
-            last_sync: Instant::now(),
-            last_publish: None,
-            publish_ids: Vec::new(),
-            published: false,
-            last_version: None,
+            publish: Arc::default(),
         }
+    }
+
+    /// Whether the applied request with this ID is this run's own publish (the first one
+    /// applied).
+    fn is_own_publish(&self, id: u64) -> bool {
+        let mut publish = self.publish.lock().unwrap_or_else(|e| e.into_inner());
+        if publish.done || !publish.ids.contains(&id) {
+            return false;
+        }
+        publish.done = true;
+        publish.ids.clear();
+        true
     }
 
     /// This run's own publish was applied: log it as etcd does and open the client port.
     fn on_published(&mut self) {
-        self.published = true;
-        self.publish_ids.clear();
         let shared = &self.shared;
         tracing::info!(
             member = %id_to_string(shared.member_id),
@@ -193,9 +213,8 @@ impl Applier for ServerApplier {
                     .status
                     .proposals_committed
                     .fetch_add(1, Ordering::Relaxed);
-                let own_publish = !self.published
-                    && matches!(req.body, RequestBody::PublishAttributes { .. })
-                    && self.publish_ids.contains(&req.id);
+                let own_publish = matches!(req.body, RequestBody::PublishAttributes { .. })
+                    && self.is_own_publish(req.id);
                 if own_publish {
                     self.on_published();
                 }
@@ -207,6 +226,9 @@ impl Applier for ServerApplier {
             if auth_changed {
                 shared.refresh_auth(&store);
             }
+            shared
+                .has_ttl_keys
+                .store(store.has_ttl_keys(), Ordering::Relaxed);
         }
         // Answer the writers first, after releasing the store lock so they can read at
         // once; then wake the batch's watchers. (A write to a key with 10,000 watchers would
@@ -273,6 +295,58 @@ impl Applier for ServerApplier {
         store.flush_notifications();
     }
 
+    fn snapshot_job(&mut self) -> crate::raft::SnapshotJob {
+        let state = self
+            .shared
+            .store
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone_state();
+        Box::new(move || state.encode())
+    }
+
+    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
+        let mut store = self.shared.store.write().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = store.recovery(data) {
+            // The leader sent state we cannot read: continuing would serve wrong data.
+            tracing::error!(index, error = %e, "apply: cannot restore the snapshot from the leader");
+            return Err(format!("cannot restore snapshot at index {index}: {e}"));
+        }
+        let (members, version) = members_from_store(&store);
+        self.shared.refresh_auth(&store);
+        self.shared
+            .has_ttl_keys
+            .store(store.has_ttl_keys(), Ordering::Relaxed);
+        store.flush_notifications();
+        drop(store);
+        *self
+            .shared
+            .members
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = members;
+        self.shared.set_cluster_version(version);
+        tracing::info!(index, "apply: store replaced by the leader's snapshot");
+        Ok(())
+    }
+
+    fn reads_ready(&mut self, ids: &[u64]) {
+        self.shared
+            .wait
+            .trigger_all(ids.iter().map(|&id| (id, Outcome::Readable)).collect());
+    }
+
+    fn proposer(&mut self) -> Box<dyn Proposer> {
+        Box::new(ServerProposer {
+            shared: Arc::clone(&self.shared),
+            publish: Arc::clone(&self.publish),
+            last_sync: Instant::now(),
+            last_publish: None,
+            last_version: None,
+        })
+    }
+}
+
+impl Proposer for ServerProposer {
     fn periodic(&mut self, is_leader: bool, leader_id: u64) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         if leader_id == 0 {
@@ -281,12 +355,7 @@ impl Applier for ServerApplier {
         let shared = &self.shared;
         if is_leader && self.last_sync.elapsed() >= SYNC_INTERVAL {
             self.last_sync = Instant::now();
-            let has_ttl = shared
-                .store
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .has_ttl_keys();
-            if has_ttl {
+            if shared.has_ttl_keys.load(Ordering::Relaxed) {
                 out.push(
                     RaftRequest {
                         id: shared.ids.next(),
@@ -300,14 +369,15 @@ impl Applier for ServerApplier {
         }
         // Every start publishes once through raft, as etcd's does: applying it proves that
         // everything committed before this start is applied here too.
-        if !self.published
+        let mut publish = self.publish.lock().unwrap_or_else(|e| e.into_inner());
+        if !publish.done
             && self
                 .last_publish
                 .is_none_or(|t| t.elapsed() >= RETRY_INTERVAL)
         {
             self.last_publish = Some(Instant::now());
             let id = shared.ids.next();
-            self.publish_ids.push(id);
+            publish.ids.push(id);
             out.push(
                 RaftRequest {
                     id,
@@ -320,6 +390,7 @@ impl Applier for ServerApplier {
                 .encode(),
             );
         }
+        drop(publish);
         let version_set = shared
             .cluster_version
             .read()
@@ -345,45 +416,8 @@ impl Applier for ServerApplier {
         out
     }
 
-    fn snapshot_job(&mut self) -> crate::raft::SnapshotJob {
-        let state = self
-            .shared
-            .store
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone_state();
-        Box::new(move || state.encode())
-    }
-
-    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
-        let mut store = self.shared.store.write().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = store.recovery(data) {
-            // The leader sent state we cannot read: continuing would serve wrong data.
-            tracing::error!(index, error = %e, "apply: cannot restore the snapshot from the leader");
-            return Err(format!("cannot restore snapshot at index {index}: {e}"));
-        }
-        let (members, version) = members_from_store(&store);
-        self.shared.refresh_auth(&store);
-        store.flush_notifications();
-        drop(store);
-        *self
-            .shared
-            .members
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = members;
-        self.shared.set_cluster_version(version);
-        tracing::info!(index, "apply: store replaced by the leader's snapshot");
-        Ok(())
-    }
-
     fn proposal_dropped(&mut self, id: u64) {
         self.shared.wait.trigger(id, Outcome::Dropped);
-    }
-
-    fn reads_ready(&mut self, ids: &[u64]) {
-        self.shared
-            .wait
-            .trigger_all(ids.iter().map(|&id| (id, Outcome::Readable)).collect());
     }
 }
 

@@ -57,7 +57,7 @@ pub enum Outcome {
     Readable,
 }
 
-/// State shared by the raft thread (apply) and the HTTP handlers.
+/// State shared by the raft thread, the apply thread and the HTTP handlers.
 pub struct Shared {
     /// The v2 store. Readers take the read lock; apply and watch registration take the write lock.
     pub store: RwLock<Store>,
@@ -86,6 +86,9 @@ pub struct Shared {
     /// Whether v2 auth is enabled (`/2/enabled` is `true`), kept by apply so that a keys
     /// request pays one atomic load for it.
     pub auth_enabled: AtomicBool,
+    /// Whether the store holds keys with a TTL, kept by apply so that the leader's raft
+    /// thread decides on a SYNC proposal without the store lock.
+    pub has_ttl_keys: AtomicBool,
     /// Becomes true once this run's own publish (name and client URLs) is applied: from
     /// then on everything committed before the start is applied, and clients are served.
     pub ready: tokio::sync::watch::Sender<bool>,
@@ -209,8 +212,7 @@ impl EtcdServer {
             sorted,
         } = &req
         {
-            let id = self.shared.ids.next();
-            self.submit(id, || RaftInput::ReadIndex { id }).await?;
+            self.wait_readable().await?;
             return Ok(self.get(path, *recursive, *sorted));
         }
         let id = self.shared.ids.next();
@@ -225,6 +227,14 @@ impl EtcdServer {
         };
         // A proposal is only ever answered with its applied result.
         self.submit(id, propose).await?.ok_or(ServerError::Timeout)
+    }
+
+    /// Waits until a linearizable read may be served from the local store (raft's
+    /// ReadIndex: this member has applied everything committed when the read arrived).
+    pub async fn wait_readable(&self) -> Result<(), ServerError> {
+        let id = self.shared.ids.next();
+        self.submit(id, || RaftInput::ReadIndex { id }).await?;
+        Ok(())
     }
 
     /// Registers a waiter for `id`, sends `input()` to raft and waits for the outcome: the
@@ -564,6 +574,7 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         cluster_id: cluster.id,
         start_time: SystemTime::now(),
         auth_enabled: AtomicBool::new(false),
+        has_ttl_keys: AtomicBool::new(false),
         ready: tokio::sync::watch::channel(false).0,
     });
     let (storage, restored) = open_storage(opts, &cluster, &me)?;
@@ -577,6 +588,9 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         *shared.members.write().unwrap_or_else(|e| e.into_inner()) = members;
         shared.set_cluster_version(version);
         shared.refresh_auth(&store);
+        shared
+            .has_ttl_keys
+            .store(store.has_ttl_keys(), Ordering::Relaxed);
         applied = index;
         tracing::info!(index, "snap: store restored from snapshot");
     }
@@ -590,6 +604,7 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         snapshot_count: opts.snapshot_count,
         background_snapshots: true,
         pre_vote: opts.pre_vote,
+        apply_thread: true,
     };
     let applier = apply::ServerApplier::new(Arc::clone(&shared));
     let (handle, inputs) = RaftHandle::channel();
