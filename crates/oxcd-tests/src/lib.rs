@@ -226,6 +226,20 @@ impl Member {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
+    /// Waits up to `timeout` for the process to exit on its own: its exit status, or `None`
+    /// if it is still running.
+    pub fn wait_exit_status(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
     /// Waits up to `timeout` for the process to exit on its own (a crash point); true if
     /// it did.
     pub fn wait_exit(&mut self, timeout: Duration) -> bool {

@@ -243,3 +243,51 @@ fn a_deep_key_survives_a_snapshot_and_a_restart() {
         assert!(r.body.contains("\"value\":\"deep\""), "depth {depth}");
     }
 }
+
+/// Fail-stop: when a snapshot file cannot be written (here its directory was replaced by a
+/// file, which stops even root), the member must not go on acknowledging writes after a gap
+/// it could not fill: it exits with a non-zero status and a `fatal:` line, and, the
+/// directory restored, restarts with every write it acknowledged.
+#[test]
+fn a_failed_snapshot_write_stops_the_member() {
+    let mut m = Member::start(
+        Path::new(env!("CARGO_BIN_EXE_oxcd")),
+        &["--snapshot-count", "20"],
+    );
+    let snap = m.dir.0.join("data/member/snap");
+    std::fs::remove_dir_all(&snap).unwrap();
+    std::fs::write(&snap, b"not a directory").unwrap();
+    let mut acked = Vec::new();
+    for i in 0..200 {
+        let res = oxcd_tests::ureq::put(&format!("{}/v2/keys/fs/k{i}", m.client_url))
+            .timeout(Duration::from_secs(5))
+            .send_form(&[("value", "v")]);
+        match res {
+            Ok(r) => {
+                let idx = r.header("X-Etcd-Index").and_then(|v| v.parse::<u64>().ok());
+                acked.push((format!("fs/k{i}"), "v".to_string(), idx.unwrap_or(0)));
+            }
+            Err(_) => break,
+        }
+    }
+    let status = m
+        .wait_exit_status(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("the member kept running; log:\n{}", m.log()));
+    assert!(!status.success(), "exit status {status:?}");
+    let log = m.log();
+    assert!(
+        log.contains("fatal: snap: saving snapshot file"),
+        "no fatal line; log:\n{log}"
+    );
+    assert!(
+        acked.len() < 200,
+        "every write was acknowledged after the failure"
+    );
+    std::fs::remove_file(&snap).unwrap();
+    std::fs::create_dir(&snap).unwrap();
+    m.restart();
+    for (key, value, _) in &acked {
+        let r = request(&m.client_url, "GET", &format!("/v2/keys/{key}"), None);
+        assert_eq!(r.json()["node"]["value"], value.as_str(), "lost {key}");
+    }
+}
