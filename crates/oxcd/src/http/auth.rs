@@ -613,6 +613,24 @@ fn allow(method: &Method, allowed: &[Method], header: &'static str) -> Option<Re
     (!allowed.contains(method)).then(|| method_not_allowed(header))
 }
 
+/// The refusal of a root-only auth endpoint, if any: 405 for another method, 401 for a
+/// caller without the root role.
+async fn refuse_unless_root(
+    server: &Arc<EtcdServer>,
+    method: &Method,
+    creds: &Credentials,
+    allowed: &[Method],
+    header: &'static str,
+) -> Option<Response<RespBody>> {
+    if let Some(r) = allow(method, allowed, header) {
+        return Some(r);
+    }
+    if !has_root_access(server, creds).await {
+        return Some(no_auth());
+    }
+    None
+}
+
 fn json_ok(server: &EtcdServer, status: StatusCode, body: Option<&Value>) -> Response<RespBody> {
     let mut resp = match body {
         Some(v) => Response::new(RespBody::full(format!("{}\n", to_json(v)))),
@@ -725,11 +743,8 @@ async fn list(
     resource: &str,
     query_ok: bool,
 ) -> Response<RespBody> {
-    if let Some(r) = allow(method, &[Method::GET], "GET") {
+    if let Some(r) = refuse_unless_root(server, method, creds, &[Method::GET], "GET").await {
         return r;
-    }
-    if !has_root_access(server, creds).await {
-        return no_auth();
     }
     let store = AuthStore { server };
     let result: Result<Value, Failure> = async {
@@ -787,15 +802,9 @@ async fn for_user(
     body: &[u8],
     query_ok: bool,
 ) -> Response<RespBody> {
-    if let Some(r) = allow(
-        method,
-        &[Method::GET, Method::PUT, Method::DELETE],
-        "GET,PUT,DELETE",
-    ) {
+    let all = [Method::GET, Method::PUT, Method::DELETE];
+    if let Some(r) = refuse_unless_root(server, method, creds, &all, "GET,PUT,DELETE").await {
         return r;
-    }
-    if !has_root_access(server, creds).await {
-        return no_auth();
     }
     let store = AuthStore { server };
     let result: Result<(StatusCode, Option<Value>), Failure> = async {
@@ -879,15 +888,9 @@ async fn for_role(
     name: &str,
     body: &[u8],
 ) -> Response<RespBody> {
-    if let Some(r) = allow(
-        method,
-        &[Method::GET, Method::PUT, Method::DELETE],
-        "GET,PUT,DELETE",
-    ) {
+    let all = [Method::GET, Method::PUT, Method::DELETE];
+    if let Some(r) = refuse_unless_root(server, method, creds, &all, "GET,PUT,DELETE").await {
         return r;
-    }
-    if !has_root_access(server, creds).await {
-        return no_auth();
     }
     let store = AuthStore { server };
     let result: Result<(StatusCode, Option<Value>), Failure> = async {
