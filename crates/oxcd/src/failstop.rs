@@ -34,3 +34,26 @@ pub fn install_panic_hook() {
         std::process::exit(PANIC_EXIT);
     }));
 }
+
+/// This member was removed from the cluster (it applied its own removal, or a peer answered
+/// 410 Gone): as etcd, it stops after a second (time for the answer to the request that
+/// removed it to leave), logs why and that its data dir must go, and exits with status 0 —
+/// an operator's decision, not a failure. A restart on the same data dir comes back here.
+pub fn removed_from_cluster() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let stop = || {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            tracing::error!("the member has been permanently removed from the cluster");
+            tracing::warn!("the data-dir used by this member must be removed");
+            std::process::exit(0)
+        };
+        if std::thread::Builder::new()
+            .name("removed".into())
+            .spawn(stop)
+            .is_err()
+        {
+            stop();
+        }
+    });
+}

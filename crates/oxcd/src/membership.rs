@@ -14,6 +14,9 @@
 //! written into the v2 store under `/0/members` (hidden from the keys API) so a snapshot of the
 //! store carries it.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use raft::prelude::{ConfChange, ConfChangeType};
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 
@@ -119,9 +122,279 @@ impl Cluster {
     }
 }
 
+/// Why a membership change is refused (etcd's `membership` errors, same texts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MemberError {
+    /// The ID belongs to a member that was removed; IDs are never reused.
+    #[error("membership: ID removed")]
+    IdRemoved,
+    /// The ID is already a member.
+    #[error("membership: ID exists")]
+    IdExists,
+    /// No member has this ID.
+    #[error("membership: ID not found")]
+    IdNotFound,
+    /// Another member already uses one of the peer URLs.
+    #[error("membership: peerURL exists")]
+    PeerUrlExists,
+}
+
+/// One membership change, as a configuration-change entry of the raft log carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberChange {
+    /// A new voting member (its name and client URLs come when it publishes them).
+    Add(Member),
+    /// The member leaves for good; its ID is never accepted again.
+    Remove(u64),
+    /// The member's peer URLs change (raft's configuration does not).
+    Update { id: u64, peer_urls: Vec<String> },
+}
+
+/// What the `context` of a configuration-change entry holds: the member (as the bootstrap
+/// entries already carry it) and, for an update, a marker, since raft has no update kind.
+#[derive(Serialize, Deserialize)]
+struct ConfContext {
+    #[serde(flatten)]
+    member: Member,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    update: bool,
+}
+
+impl MemberChange {
+    /// The member the change is about.
+    pub fn member_id(&self) -> u64 {
+        match self {
+            MemberChange::Add(m) => m.id,
+            MemberChange::Remove(id) | MemberChange::Update { id, .. } => *id,
+        }
+    }
+
+    /// The configuration-change entry for this change; `request_id` finds the waiting
+    /// client on the member that proposed it.
+    pub fn to_conf_change(&self, request_id: u64) -> ConfChange {
+        let mut cc = ConfChange {
+            id: request_id,
+            node_id: self.member_id(),
+            ..Default::default()
+        };
+        let (kind, context) = match self {
+            MemberChange::Add(m) => (
+                ConfChangeType::AddNode,
+                ConfContext {
+                    member: m.clone(),
+                    update: false,
+                },
+            ),
+            MemberChange::Remove(id) => (
+                ConfChangeType::RemoveNode,
+                ConfContext {
+                    member: Member {
+                        id: *id,
+                        name: String::new(),
+                        peer_urls: Vec::new(),
+                        client_urls: Vec::new(),
+                    },
+                    update: false,
+                },
+            ),
+            MemberChange::Update { id, peer_urls } => (
+                ConfChangeType::AddNode,
+                ConfContext {
+                    member: Member {
+                        id: *id,
+                        name: String::new(),
+                        peer_urls: peer_urls.clone(),
+                        client_urls: Vec::new(),
+                    },
+                    update: true,
+                },
+            ),
+        };
+        cc.set_change_type(kind);
+        cc.context = serde_json::to_vec(&context)
+            .expect("a member encodes")
+            .into();
+        cc
+    }
+
+    /// Reads a committed configuration-change entry. An entry whose context cannot be read
+    /// is still a change of `node_id` (with no peer URLs known).
+    pub fn from_conf_change(cc: &ConfChange) -> MemberChange {
+        let context: Option<ConfContext> = serde_json::from_slice(&cc.context).ok();
+        match cc.get_change_type() {
+            ConfChangeType::RemoveNode => MemberChange::Remove(cc.node_id),
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => match context {
+                Some(c) if c.update => MemberChange::Update {
+                    id: cc.node_id,
+                    peer_urls: c.member.peer_urls,
+                },
+                Some(c) => MemberChange::Add(Member {
+                    id: cc.node_id,
+                    ..c.member
+                }),
+                None => MemberChange::Add(Member {
+                    id: cc.node_id,
+                    name: String::new(),
+                    peer_urls: Vec::new(),
+                    client_urls: Vec::new(),
+                }),
+            },
+        }
+    }
+}
+
+/// Who the members are, as far as changing them is concerned: their peer URLs and the IDs
+/// removed for good. Kept by the raft thread in log order (every member decides every
+/// change the same way, at the same index) and rebuilt from the store's `/0` after a
+/// snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembershipView {
+    /// Peer URLs by member ID.
+    pub members: BTreeMap<u64, Vec<String>>,
+    /// IDs of removed members.
+    pub removed: BTreeSet<u64>,
+}
+
+impl MembershipView {
+    /// Whether `change` may be applied (etcd's `ValidateConfigurationChange`).
+    pub fn check(&self, change: &MemberChange) -> Result<(), MemberError> {
+        let id = change.member_id();
+        if self.removed.contains(&id) {
+            return Err(MemberError::IdRemoved);
+        }
+        let urls_taken = |urls: &[String]| {
+            self.members
+                .iter()
+                .filter(|(other, _)| **other != id)
+                .flat_map(|(_, u)| u.iter())
+                .any(|u| urls.contains(u))
+        };
+        match change {
+            MemberChange::Add(m) => {
+                if self.members.contains_key(&id) {
+                    return Err(MemberError::IdExists);
+                }
+                if urls_taken(&m.peer_urls) {
+                    return Err(MemberError::PeerUrlExists);
+                }
+            }
+            MemberChange::Remove(_) => {
+                if !self.members.contains_key(&id) {
+                    return Err(MemberError::IdNotFound);
+                }
+            }
+            MemberChange::Update { peer_urls, .. } => {
+                if !self.members.contains_key(&id) {
+                    return Err(MemberError::IdNotFound);
+                }
+                if urls_taken(peer_urls) {
+                    return Err(MemberError::PeerUrlExists);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a change that passed [`Self::check`].
+    pub fn apply(&mut self, change: &MemberChange) {
+        match change {
+            MemberChange::Add(m) => {
+                self.members.insert(m.id, m.peer_urls.clone());
+            }
+            MemberChange::Remove(id) => {
+                self.members.remove(id);
+                self.removed.insert(*id);
+            }
+            MemberChange::Update { id, peer_urls } => {
+                self.members.insert(*id, peer_urls.clone());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn member(id: u64, url: &str) -> Member {
+        Member {
+            id,
+            name: String::new(),
+            peer_urls: vec![url.to_string()],
+            client_urls: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn changes_round_trip_through_conf_change_entries() {
+        for change in [
+            MemberChange::Add(member(7, "http://a:1")),
+            MemberChange::Remove(7),
+            MemberChange::Update {
+                id: 7,
+                peer_urls: vec!["http://b:2".into()],
+            },
+        ] {
+            let cc = change.to_conf_change(99);
+            assert_eq!(cc.id, 99);
+            assert_eq!(MemberChange::from_conf_change(&cc), change);
+        }
+        // The bootstrap entries carry a plain member as context.
+        let mut cc = ConfChange {
+            node_id: 3,
+            ..Default::default()
+        };
+        cc.context = serde_json::to_vec(&member(3, "http://c:3")).unwrap().into();
+        assert_eq!(
+            MemberChange::from_conf_change(&cc),
+            MemberChange::Add(member(3, "http://c:3"))
+        );
+    }
+
+    /// etcd's rules: removed IDs never come back, IDs and peer URLs are unique, an update
+    /// may keep the member's own URLs.
+    #[test]
+    fn changes_are_checked_as_etcd_checks_them() {
+        let mut v = MembershipView::default();
+        let add1 = MemberChange::Add(member(1, "http://a:1"));
+        assert_eq!(v.check(&add1), Ok(()));
+        v.apply(&add1);
+        assert_eq!(v.check(&add1), Err(MemberError::IdExists));
+        assert_eq!(
+            v.check(&MemberChange::Add(member(2, "http://a:1"))),
+            Err(MemberError::PeerUrlExists)
+        );
+        assert_eq!(
+            v.check(&MemberChange::Remove(5)),
+            Err(MemberError::IdNotFound)
+        );
+        let same = MemberChange::Update {
+            id: 1,
+            peer_urls: vec!["http://a:1".into()],
+        };
+        assert_eq!(v.check(&same), Ok(()));
+        v.apply(&MemberChange::Add(member(2, "http://b:1")));
+        assert_eq!(
+            v.check(&MemberChange::Update {
+                id: 1,
+                peer_urls: vec!["http://b:1".into()],
+            }),
+            Err(MemberError::PeerUrlExists)
+        );
+        v.apply(&MemberChange::Remove(2));
+        for change in [
+            MemberChange::Remove(2),
+            MemberChange::Add(member(2, "http://z:1")),
+            MemberChange::Update {
+                id: 2,
+                peer_urls: vec![],
+            },
+        ] {
+            assert_eq!(v.check(&change), Err(MemberError::IdRemoved));
+        }
+        // A removed member's URLs are free again.
+        assert_eq!(v.check(&MemberChange::Add(member(3, "http://b:1"))), Ok(()));
+    }
 
     /// etcd's default one-member cluster (`--name default`, peer URL http://localhost:2380,
     /// token etcd-cluster) has member 8e9e05c52164694d in cluster cdf818194e3a8c32.

@@ -59,12 +59,95 @@ fn spawn_serve(bound: Vec<(TcpListener, Listen)>, server: &Arc<EtcdServer>, api:
     }
 }
 
+/// `--initial-cluster-state existing` on an empty data dir: asks the other members named in
+/// `--initial-cluster` for the running cluster's members and checks that they are the
+/// members `--initial-cluster` names, by peer URLs (etcd's `ValidateClusterAndAssignIDs`).
+async fn join_existing(opts: &ServerOptions) -> anyhow::Result<server::RemoteCluster> {
+    let tls = opts.peer_tls.clone().map(tokio_rustls::TlsConnector::from);
+    let mut last_error = String::from("no other member in --initial-cluster");
+    let mut found = None;
+    for (_, url) in &opts.initial_cluster {
+        if opts.peer_urls.contains(url) {
+            continue;
+        }
+        match crate::transport::peer::fetch_members(url, tls.as_ref()).await {
+            Ok(x) => {
+                found = Some(x);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(peer = %url, error = %e, "could not get cluster response");
+                last_error = e;
+            }
+        }
+    }
+    let Some((cluster_id, members)) = found else {
+        anyhow::bail!(
+            "cannot fetch cluster info from peer urls: could not retrieve cluster information from the given URLs ({last_error})"
+        );
+    };
+    let local = crate::membership::Cluster::from_initial(
+        &opts.initial_cluster,
+        &opts.initial_cluster_token,
+    );
+    let sorted = |u: &[String]| {
+        let mut u = u.to_vec();
+        u.sort();
+        u
+    };
+    let describe = || {
+        members
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}={:?}",
+                    crate::membership::id_to_string(m.id),
+                    m.peer_urls
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if members.len() != local.members.len() {
+        anyhow::bail!(
+            "error validating peerURLs {{ClusterID:{} Members:[{}]}}: member count is unequal",
+            crate::membership::id_to_string(cluster_id),
+            describe()
+        );
+    }
+    for m in &members {
+        if !local
+            .members
+            .iter()
+            .any(|l| sorted(&l.peer_urls) == sorted(&m.peer_urls))
+        {
+            anyhow::bail!(
+                "error validating peerURLs {{ClusterID:{} Members:[{}]}}: PeerURLs: no match found for existing member ({}, {:?})",
+                crate::membership::id_to_string(cluster_id),
+                describe(),
+                crate::membership::id_to_string(m.id),
+                m.peer_urls
+            );
+        }
+    }
+    Ok(server::RemoteCluster {
+        cluster_id,
+        members,
+    })
+}
+
 /// Runs a member until a shutdown signal.
 pub async fn run(opts: ServerOptions, listeners: Listeners) -> anyhow::Result<()> {
     let client_listeners = bind(&listeners.client, "client traffic").await?;
     let peer_listeners = bind(&listeners.peer, "peers").await?;
     let metrics_listeners = bind(&listeners.metrics, "metrics").await?;
-    let server: Arc<EtcdServer> = Arc::new(server::start(&opts)?);
+    // A member joining a running cluster learns its members (and its own ID) from them.
+    let remote = if opts.initial_cluster_existing && !server::has_wal(&opts) {
+        Some(join_existing(&opts).await?)
+    } else {
+        None
+    };
+    let server: Arc<EtcdServer> = Arc::new(server::start(&opts, remote.as_ref())?);
     // Peers first: the member needs them to commit its publish.
     spawn_serve(peer_listeners, &server, crate::http::Api::Peer);
     // Clients only once this run's publish is applied (etcd's ReadyNotify): a client never
@@ -233,6 +316,7 @@ pub fn from_config(
         max_wals: cfg.max_wals as usize,
         pre_vote: cfg.pre_vote,
         strict_reconfig_check: cfg.strict_reconfig_check,
+        force_new_cluster: cfg.force_new_cluster,
         enable_v2: cfg.enable_v2,
         cors: cfg.cors.clone(),
         peer_tls: peer_dial_tls,

@@ -296,7 +296,7 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "strict-reconfig-check",
         Kind::Bool,
         "true",
-        "Reject reconfiguration requests that would cause quorum loss (runtime reconfiguration is not supported yet: every members API change is refused).",
+        "Reject reconfiguration requests that would cause quorum loss.",
     ),
     (
         "enable-v2",
@@ -308,7 +308,7 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "force-new-cluster",
         Kind::Bool,
         "false",
-        "Force to create a new one member cluster (refused: not supported yet).",
+        "Force to create a new one member cluster.",
     ),
     (
         "proxy",
@@ -895,9 +895,6 @@ fn refuse_unsupported(
             })
         }
     }
-    if flag("force-new-cluster")? {
-        return refuse("--force-new-cluster is not supported yet");
-    }
     Ok(())
 }
 
@@ -1194,7 +1191,6 @@ mod tests {
             &["--auto-compaction-mode", "bogus"],
             &["--enable-pprof"],
             &["--metrics", "bogus"],
-            &["--force-new-cluster"],
             &["--listen-metrics-urls", "https://127.0.0.1:2381"],
         ] {
             assert!(run(args, &[]).is_err(), "{args:?} was accepted");

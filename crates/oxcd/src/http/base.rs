@@ -208,48 +208,6 @@ pub fn stats_leader(server: &EtcdServer, method: &Method) -> Response<RespBody> 
     json_response(to_json(&body))
 }
 
-/// `/v2/members`: the member list. Runtime reconfiguration is not served yet.
-pub fn members(server: &EtcdServer, method: &Method, path: &str) -> Response<RespBody> {
-    if !matches!(
-        *method,
-        Method::GET | Method::POST | Method::DELETE | Method::PUT
-    ) {
-        return method_not_allowed("GET,POST,DELETE,PUT");
-    }
-    let mut resp = if method == Method::GET {
-        let rest = path
-            .trim_start_matches("/v2/members")
-            .trim_start_matches('/');
-        let members = server
-            .shared
-            .members
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        let render = member_json;
-        match rest {
-            "" => {
-                let list: Vec<_> = members.values().map(render).collect();
-                json_response(format!("{}\n", to_json(&json!({ "members": list }))))
-            }
-            "leader" => match members.get(&server.leader()) {
-                Some(m) => json_response(format!("{}\n", render(m))),
-                None => http_error(StatusCode::SERVICE_UNAVAILABLE, "During election"),
-            },
-            _ => http_error(StatusCode::NOT_FOUND, "Not found"),
-        }
-    } else {
-        http_error(
-            StatusCode::NOT_IMPLEMENTED,
-            "runtime reconfiguration is not supported by this oxcd version",
-        )
-    };
-    resp.headers_mut().insert(
-        super::names::X_ETCD_CLUSTER_ID,
-        server.cluster_id_header.clone(),
-    );
-    resp
-}
-
 /// Peer `GET /members`: the member list as a JSON array (what a joining member reads).
 pub fn peer_members(server: &EtcdServer, method: &Method) -> Response<RespBody> {
     if method != Method::GET {
@@ -270,7 +228,7 @@ pub fn peer_members(server: &EtcdServer, method: &Method) -> Response<RespBody> 
 }
 
 /// A member as etcd's members API shows it.
-fn member_json(m: &crate::membership::Member) -> serde_json::Value {
+pub fn member_json(m: &crate::membership::Member) -> serde_json::Value {
     json!({
         "id": id_to_string(m.id),
         "name": m.name,

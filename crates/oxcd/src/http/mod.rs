@@ -13,6 +13,7 @@ pub mod base;
 pub mod body;
 pub mod form;
 pub mod keys;
+pub mod members;
 pub mod peer;
 
 use std::convert::Infallible;
@@ -402,7 +403,24 @@ async fn route(
             if !auth::has_write_root_access(server, method, &creds).await {
                 return auth::no_auth();
             }
-            base::members(server, method, p)
+            let method = method.clone();
+            let content_type = req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = if matches!(method, Method::POST | Method::PUT) {
+                match Limited::new(req.into_body(), server.max_request_bytes)
+                    .collect()
+                    .await
+                {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => Bytes::new(),
+                }
+            } else {
+                Bytes::new()
+            };
+            members::serve(server, &method, p, content_type.as_deref(), body).await
         }
         p if p.starts_with("/v2/auth/") => auth_entry(server, req, conn, p).await,
         _ => text_error(StatusCode::NOT_FOUND, "404 page not found"),

@@ -70,6 +70,25 @@ fn check_cluster(server: &EtcdServer, req: &Request<Incoming>) -> Option<String>
     Some(from)
 }
 
+/// Whether the sending member was removed from the cluster: its traffic is answered 410
+/// Gone (once logged per 5 s), which tells it to stop, as etcd's does.
+fn is_removed(server: &EtcdServer, from: &str) -> bool {
+    static REMOVED_LOGGED: AtomicU64 = AtomicU64::new(0);
+    let Ok(id) = u64::from_str_radix(from, 16) else {
+        return false;
+    };
+    let removed = server
+        .shared
+        .removed
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&id);
+    if removed && rate_limited(&REMOVED_LOGGED) {
+        tracing::warn!(%from, "transport: rejected the stream from peer {from} since it was removed");
+    }
+    removed
+}
+
 /// Handles `/raft/stream`: once the cluster is checked, the connection is upgraded and the
 /// sending member writes frames on it until either side closes it.
 pub fn stream(server: &Arc<EtcdServer>, req: Request<Incoming>) -> Response<RespBody> {
@@ -79,6 +98,9 @@ pub fn stream(server: &Arc<EtcdServer>, req: Request<Incoming>) -> Response<Resp
     let Some(from) = check_cluster(server, &req) else {
         return text_error(StatusCode::PRECONDITION_FAILED, "cluster ID mismatch");
     };
+    if is_removed(server, &from) {
+        return text_error(StatusCode::GONE, "removed member");
+    }
     let wants_stream = req
         .headers()
         .get(http::header::UPGRADE)
@@ -166,6 +188,9 @@ pub async fn raft(
     let Some(from) = check_cluster(server, &req) else {
         return text_error(StatusCode::PRECONDITION_FAILED, "cluster ID mismatch");
     };
+    if is_removed(server, &from) {
+        return text_error(StatusCode::GONE, "removed member");
+    }
     // Bounded while the body arrives, not after: a snapshot travels alone, as one frame.
     let limit = if snapshot {
         4 + codec::MAX_FRAME
@@ -194,11 +219,29 @@ pub async fn raft(
         if m.get_msg_type() == MessageType::MsgSnapshot && m.to == server.shared.member_id {
             let data = &m.get_snapshot().data;
             // Check the state before raft commits to it: a snapshot we cannot read must be
-            // refused here, not discovered half-applied.
-            if let Err(e) = oxcd_v2store::Store::check_snapshot(data) {
-                tracing::error!(%from, bytes = data.len(), error = %e, "transport: unreadable snapshot refused");
-                return text_error(StatusCode::BAD_REQUEST, "error reading raft snapshot");
+            // refused here, not discovered half-applied. The membership it holds is kept for
+            // the raft thread, which checks the changes after it against it.
+            let index = m.get_snapshot().get_metadata().index;
+            let data = data.clone();
+            let checked =
+                tokio::task::spawn_blocking(move || crate::server::apply::view_of_snapshot(&data))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+            match checked {
+                Ok(view) => {
+                    *server
+                        .shared
+                        .received_snapshot_view
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some((index, view));
+                }
+                Err(e) => {
+                    let bytes = m.get_snapshot().data.len();
+                    tracing::error!(%from, bytes, error = %e, "transport: unreadable snapshot refused");
+                    return text_error(StatusCode::BAD_REQUEST, "error reading raft snapshot");
+                }
             }
+            let data = &m.get_snapshot().data;
             tracing::info!(
                 %from,
                 index = m.get_snapshot().get_metadata().index,

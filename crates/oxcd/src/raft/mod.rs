@@ -24,8 +24,8 @@ pub mod storage;
 pub mod validate;
 
 pub use node::{
-    Applier, Proposer, RaftConfig, RaftHandle, RaftInput, RaftNode, RaftStatus, SnapshotJob,
-    Transport,
+    Applier, ConfDecision, Proposer, RaftConfig, RaftHandle, RaftInput, RaftNode, RaftStatus,
+    SnapshotJob, Transport,
 };
 #[cfg(test)]
 mod sim_tests;

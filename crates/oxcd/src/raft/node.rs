@@ -32,6 +32,9 @@ pub enum RaftInput {
     /// Propose an encoded request; `id` is reported back through
     /// [`Proposer::proposal_dropped`] if raft refuses it.
     Propose { id: u64, data: Vec<u8> },
+    /// Propose a configuration change (one membership change); its `id` is reported
+    /// through [`Proposer::proposal_dropped`] if raft refuses it.
+    ProposeConfChange(ConfChange),
     /// A linearizable read: `id` is reported through [`Applier::reads_ready`] once this
     /// member has applied everything committed when the read arrived (raft's ReadIndex), or
     /// through [`Proposer::proposal_dropped`] if it cannot be served now (no leader).
@@ -54,8 +57,9 @@ pub trait Applier: Send {
     /// Applies a batch of committed normal entries, in order. Entries with empty data (the
     /// leader's no-op after an election) are included so the applied index moves.
     fn apply_entries(&mut self, entries: &[Entry]);
-    /// Applies a committed configuration change (after raft-rs has applied it).
-    fn apply_conf_change(&mut self, index: u64, cc: &ConfChange);
+    /// Applies a committed configuration change, as the raft thread decided it (raft-rs has
+    /// already applied it when the decision is [`ConfDecision::Change`]).
+    fn apply_conf_change(&mut self, index: u64, cc: &ConfChange, decision: ConfDecision);
     /// These reads may now be served from the local state machine (everything up to their
     /// read index is applied).
     fn reads_ready(&mut self, ids: &[u64]);
@@ -78,6 +82,22 @@ pub trait Proposer: Send {
     fn periodic(&mut self, is_leader: bool, leader_id: u64) -> Vec<Vec<u8>>;
     /// Raft refused the proposal (or read) with this ID (no leader known yet).
     fn proposal_dropped(&mut self, id: u64);
+    /// A committed configuration change reached the raft thread, in log order: whether it
+    /// takes effect. Every member decides the same, from the changes before it.
+    fn conf_change(&mut self, index: u64, cc: &ConfChange) -> ConfDecision;
+    /// The state was replaced by a snapshot (from the leader) before the entries after it.
+    fn snapshot_restored(&mut self, snap: &Snapshot);
+}
+
+/// What a committed configuration change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfDecision {
+    /// Raft's configuration changes as the entry says (a member added or removed).
+    Change,
+    /// Valid, but raft's configuration stays (a member's peer URLs change).
+    Keep,
+    /// Refused: it changes nothing anywhere.
+    Refuse(crate::membership::MemberError),
 }
 
 /// Encodes a copy of the state machine for a snapshot.
@@ -184,8 +204,12 @@ pub struct RaftConfig {
 enum ApplyWork {
     /// Committed normal entries.
     Entries(Vec<Entry>),
-    /// The state machine's side of a configuration change raft-rs already applied.
-    ConfChange { index: u64, cc: ConfChange },
+    /// The state machine's side of a configuration change, as the raft thread decided it.
+    ConfChange {
+        index: u64,
+        cc: ConfChange,
+        decision: ConfDecision,
+    },
     /// A snapshot from the leader replaces the state.
     Restore(Snapshot),
     /// Reads whose read index is applied once the work queued before them is.
@@ -281,8 +305,12 @@ impl<A: Applier> ApplyLoop<A> {
                         .fetch_max(last.index, Ordering::Release);
                 }
             }
-            ApplyWork::ConfChange { index, cc } => {
-                self.applier.apply_conf_change(index, &cc);
+            ApplyWork::ConfChange {
+                index,
+                cc,
+                decision,
+            } => {
+                self.applier.apply_conf_change(index, &cc, decision);
                 self.status
                     .applied_index
                     .fetch_max(index, Ordering::Release);
@@ -377,7 +405,8 @@ pub struct RaftNode<A: Applier, T: Transport> {
     /// Index of the last entry handed to apply (raft-rs's applied index). What the state
     /// machine has really applied is `status.applied_index`, kept by the apply work.
     handed: u64,
-    /// Campaign once the pending configuration is applied (one-member clusters).
+    /// Once the entries committed at start are handed to apply (the configuration with
+    /// them), a member that is the only voter campaigns at once.
     campaign_pending: bool,
     /// Reads received since the last Ready; they share one ReadIndex request.
     read_batch: Vec<u64>,
@@ -468,9 +497,8 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
             refusal_logged: None,
         };
         // A one-member cluster need not wait a full election timeout for its only vote; it
-        // campaigns as soon as its bootstrap configuration is applied.
-        let voters = node.raw.raft.prs().conf().voters().ids();
-        node.campaign_pending = voters.len() == 1 && voters.contains(cfg.id);
+        // campaigns as soon as its configuration is applied (see `maybe_campaign`).
+        node.campaign_pending = true;
         Ok(node)
     }
 
@@ -551,6 +579,20 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
         }
     }
 
+    /// Proposes a configuration change; false when raft dropped it (no leader known). A
+    /// leader with a change still pending turns a second one into an empty entry, which
+    /// is never applied as a change: its proposer times out, as with etcd.
+    pub fn propose_conf_change(&mut self, cc: ConfChange) -> bool {
+        match self.raw.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => true,
+            Err(e) => {
+                self.status.proposals_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "raft: configuration change dropped");
+                false
+            }
+        }
+    }
+
     /// Reports the outcome of sending a snapshot to `to` (the transport knows, raft must).
     pub fn report_snapshot(&mut self, to: u64, delivered: bool) {
         let status = if delivered {
@@ -622,6 +664,7 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
                 "raft: applying snapshot from leader"
             );
             // Restored before any entry after it is applied: the apply work is in order.
+            self.proposer.snapshot_restored(snap);
             self.hand(ApplyWork::Restore(snap.clone()))?;
             self.handed = index;
             self.snapshot_index = index;
@@ -752,8 +795,12 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
     fn maybe_campaign(&mut self) {
         if self.campaign_pending && self.handed >= self.raw.raft.raft_log.committed {
             self.campaign_pending = false;
-            if let Err(e) = self.raw.campaign() {
-                tracing::warn!(error = %e, "raft: campaign failed");
+            let voters = self.raw.raft.prs().conf().voters().ids();
+            let alone = voters.len() == 1 && voters.contains(self.id);
+            if alone && !self.is_leader() {
+                if let Err(e) = self.raw.campaign() {
+                    tracing::warn!(error = %e, "raft: campaign failed");
+                }
             }
         }
     }
@@ -928,11 +975,18 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
                             );
                         }
                     };
-                    let cs = self.raw.apply_conf_change(&cc)?;
+                    let decision = self.proposer.conf_change(entry.index, &cc);
+                    let mut for_raft = cc.clone();
+                    if decision != ConfDecision::Change {
+                        // etcd's convention: node 0 makes the entry a no-op for raft.
+                        for_raft.node_id = 0;
+                    }
+                    let cs = self.raw.apply_conf_change(&for_raft)?;
                     self.storage.set_conf_state(cs);
                     self.hand(ApplyWork::ConfChange {
                         index: entry.index,
                         cc,
+                        decision,
                     })?;
                 }
                 EntryType::EntryConfChangeV2 => {
@@ -1040,6 +1094,13 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
                 }
                 false
             }
+            RaftInput::ProposeConfChange(cc) => {
+                let id = cc.id;
+                if !self.propose_conf_change(cc) {
+                    self.proposer.proposal_dropped(id);
+                }
+                false
+            }
             RaftInput::ReadIndex { id } => {
                 self.read(id);
                 false
@@ -1079,13 +1140,17 @@ mod tests {
             Vec::new()
         }
         fn proposal_dropped(&mut self, _id: u64) {}
+        fn conf_change(&mut self, _index: u64, _cc: &ConfChange) -> ConfDecision {
+            ConfDecision::Change
+        }
+        fn snapshot_restored(&mut self, _snap: &Snapshot) {}
     }
 
     impl Applier for Gated {
         fn apply_entries(&mut self, _entries: &[Entry]) {
             drop(self.gate.lock().unwrap());
         }
-        fn apply_conf_change(&mut self, _index: u64, _cc: &ConfChange) {}
+        fn apply_conf_change(&mut self, _index: u64, _cc: &ConfChange, _d: ConfDecision) {}
         fn reads_ready(&mut self, _ids: &[u64]) {}
         fn snapshot_job(&mut self) -> SnapshotJob {
             Box::new(Vec::new)

@@ -174,7 +174,7 @@ impl Applier for Log {
             }
         }
     }
-    fn apply_conf_change(&mut self, index: u64, _cc: &ConfChange) {
+    fn apply_conf_change(&mut self, index: u64, _cc: &ConfChange, _d: super::ConfDecision) {
         self.index.fetch_max(index, Ordering::Relaxed);
     }
     fn reads_ready(&mut self, ids: &[u64]) {
@@ -200,6 +200,10 @@ impl Proposer for Log {
     fn proposal_dropped(&mut self, id: u64) {
         self.reads.lock().unwrap().dropped.push(id);
     }
+    fn conf_change(&mut self, _index: u64, _cc: &ConfChange) -> super::ConfDecision {
+        super::ConfDecision::Change
+    }
+    fn snapshot_restored(&mut self, _snap: &Snapshot) {}
 }
 
 /// The failpoints on the raft thread, where a member may crash in the middle of a Ready:

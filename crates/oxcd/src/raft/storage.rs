@@ -151,29 +151,88 @@ impl RaftStorage {
             // applied, hence committed, state.
             let snap_index = core.snapshot.get_metadata().index;
             core.hard_state.commit = core.hard_state.commit.max(snap_index);
-            // Without a snapshot the voters come from the configuration changes in the log.
-            if core.conf_state.voters.is_empty() {
-                let mut voters: Vec<u64> = Vec::new();
-                for e in &core.entries {
-                    if e.get_entry_type() != EntryType::EntryConfChange {
-                        continue;
-                    }
-                    if let Ok(cc) = <ConfChange as protobuf::Message>::parse_from_bytes(&e.data) {
-                        match cc.get_change_type() {
-                            ConfChangeType::AddNode => {
-                                if !voters.contains(&cc.node_id) {
-                                    voters.push(cc.node_id);
-                                }
-                            }
-                            ConfChangeType::RemoveNode => voters.retain(|v| *v != cc.node_id),
-                            ConfChangeType::AddLearnerNode => {}
-                        }
-                    }
-                }
-                core.conf_state.voters = voters;
-            }
+            // The configuration is the snapshot's (none without one): raft replays the
+            // committed entries after it, configuration changes included, in order, so the
+            // configuration is always the one of the applied index.
         }
         s
+    }
+
+    /// `--force-new-cluster`: drops the entries that were not committed and commits, after
+    /// the last committed one, configuration changes that leave `me` the only voter (etcd's
+    /// rule). The new entries are durable before this returns. Returns the commit index it
+    /// started from and the members it removed.
+    pub fn force_new_cluster(
+        &mut self,
+        me: u64,
+        my_context: Vec<u8>,
+    ) -> raft::Result<(u64, Vec<u64>)> {
+        let (commit, term, mut ids) = {
+            let mut core = self.wl();
+            let commit = core.hard_state.commit;
+            core.entries.retain(|e| e.index <= commit);
+            let mut ids: Vec<u64> = core.conf_state.voters.clone();
+            ids.extend(core.conf_state.learners.iter().copied());
+            for e in &core.entries {
+                if e.get_entry_type() != EntryType::EntryConfChange {
+                    continue;
+                }
+                let Ok(cc) = <ConfChange as protobuf::Message>::parse_from_bytes(&e.data) else {
+                    continue;
+                };
+                match cc.get_change_type() {
+                    ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                        if cc.node_id != 0 && !ids.contains(&cc.node_id) {
+                            ids.push(cc.node_id);
+                        }
+                    }
+                    ConfChangeType::RemoveNode => ids.retain(|v| *v != cc.node_id),
+                }
+            }
+            (commit, core.hard_state.term.max(1), ids)
+        };
+        ids.sort_unstable();
+        let mut changes: Vec<ConfChange> = Vec::new();
+        for &id in ids.iter().filter(|&&id| id != me) {
+            let mut cc = ConfChange::default();
+            cc.set_change_type(ConfChangeType::RemoveNode);
+            cc.node_id = id;
+            changes.push(cc);
+        }
+        if !ids.contains(&me) {
+            let mut cc = ConfChange::default();
+            cc.set_change_type(ConfChangeType::AddNode);
+            cc.node_id = me;
+            cc.context = my_context.into();
+            changes.push(cc);
+        }
+        let removed: Vec<u64> = ids.into_iter().filter(|&id| id != me).collect();
+        let entries: Vec<Entry> = changes
+            .into_iter()
+            .enumerate()
+            .map(|(i, cc)| {
+                let mut e = Entry::default();
+                e.set_entry_type(EntryType::EntryConfChange);
+                e.term = term;
+                e.index = commit + 1 + i as u64;
+                e.data = protobuf::Message::write_to_bytes(&cc)
+                    .expect("encoding a ConfChange cannot fail")
+                    .into();
+                e
+            })
+            .collect();
+        let mut hs = self.rl().hard_state.clone();
+        hs.commit = commit + entries.len() as u64;
+        hs.term = term;
+        // Written even when nothing changes: the uncommitted tail is gone from the WAL too.
+        self.truncate_and_persist(&entries, &hs)?;
+        Ok((commit, removed))
+    }
+
+    /// Replaces every entry from the first of `entries` on (or appends them) and records
+    /// `hs`, durably.
+    fn truncate_and_persist(&mut self, entries: &[Entry], hs: &HardState) -> raft::Result<()> {
+        self.persist(None, entries, Some(hs))
     }
 
     fn rl(&self) -> RwLockReadGuard<'_, LogCore> {

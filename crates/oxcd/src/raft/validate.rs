@@ -10,7 +10,14 @@
 //! Invariants:
 //! - only message types one member sends another pass (never the local ones: `MsgHup`,
 //!   `MsgBeat`, `MsgUnreachable`, `MsgSnapStatus`, `MsgCheckQuorum`);
-//! - the sender is a current member other than this one, and the message is addressed here;
+//! - the sender is another member and the message is addressed here. A leader's messages
+//!   (appends, heartbeats, snapshots, leadership transfer) and vote requests may come from a
+//!   member this one does not know yet: a member that joined the running cluster, or is
+//!   catching up, learns the configuration from the log the leader sends it. Removed members
+//!   never get this far: the transport answers their traffic with 410 Gone. Every other kind
+//!   must come from a member of the applied configuration;
+//! - a forwarded proposal carries client requests or a single-member configuration change
+//!   (never a joint-consensus one, which oxcd does not use);
 //! - every check holds for every message a correct member sends, whatever the timing, so the
 //!   checks never cost liveness (the deterministic cluster tests drive every message
 //!   through them).
@@ -89,7 +96,11 @@ pub fn check(m: &Message, local: Local, is_member: impl Fn(u64) -> bool) -> Resu
     if m.to != local.id {
         return Err(Refusal::NotForUs);
     }
-    if m.from == local.id || m.from == 0 || !is_member(m.from) {
+    let from_leader_or_candidate = matches!(
+        m.get_msg_type(),
+        MsgAppend | MsgHeartbeat | MsgSnapshot | MsgTimeoutNow | MsgRequestVote | MsgRequestPreVote
+    );
+    if m.from == local.id || m.from == 0 || (!from_leader_or_candidate && !is_member(m.from)) {
         return Err(Refusal::UnknownSender);
     }
     if m.term >= MAX_TERM || m.log_term >= MAX_TERM {
@@ -97,12 +108,20 @@ pub fn check(m: &Message, local: Local, is_member: impl Fn(u64) -> bool) -> Resu
     }
     match m.get_msg_type() {
         MsgPropose => {
-            // raft-rs panics on an empty proposal. Members forward only client requests:
-            // configuration changes are proposed by the member that serves the request.
+            // raft-rs panics on an empty proposal. Members forward client requests and
+            // membership changes, one voter added or removed at a time.
             let ok = !m.entries.is_empty()
-                && m.entries
-                    .iter()
-                    .all(|e| e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty());
+                && m.entries.iter().all(|e| match e.get_entry_type() {
+                    EntryType::EntryNormal => !e.data.is_empty(),
+                    EntryType::EntryConfChange => {
+                        <raft::prelude::ConfChange as protobuf::Message>::parse_from_bytes(&e.data)
+                            .is_ok_and(|cc| {
+                                cc.get_change_type()
+                                    != raft::prelude::ConfChangeType::AddLearnerNode
+                            })
+                    }
+                    EntryType::EntryConfChangeV2 => false,
+                });
             if !ok {
                 return Err(Refusal::BadProposal);
             }
@@ -247,9 +266,19 @@ mod tests {
         let mut ack = msg(MessageType::MsgAppendResponse);
         ack.index = 11;
         assert_eq!(check(&ack, LOCAL, members), Err(Refusal::AckBeyondLog));
+        // A configuration change that does not decode, a learner, a joint change.
         let mut cc = msg(MessageType::MsgPropose);
         let mut e = entry(0, 0);
         e.set_entry_type(EntryType::EntryConfChange);
+        e.data = vec![0xff, 0xff].into();
+        cc.entries = vec![e.clone()].into();
+        assert_eq!(check(&cc, LOCAL, members), Err(Refusal::BadProposal));
+        let mut learner = raft::prelude::ConfChange::default();
+        learner.set_change_type(raft::prelude::ConfChangeType::AddLearnerNode);
+        e.data = protobuf::Message::write_to_bytes(&learner).unwrap().into();
+        cc.entries = vec![e.clone()].into();
+        assert_eq!(check(&cc, LOCAL, members), Err(Refusal::BadProposal));
+        e.set_entry_type(EntryType::EntryConfChangeV2);
         cc.entries = vec![e].into();
         assert_eq!(check(&cc, LOCAL, members), Err(Refusal::BadProposal));
         for t in [
@@ -264,12 +293,32 @@ mod tests {
         let mut huge = msg(MessageType::MsgRequestVote);
         huge.term = u64::MAX;
         assert_eq!(check(&huge, LOCAL, members), Err(Refusal::ImplausibleTerm));
-        let mut stranger = msg(MessageType::MsgHeartbeat);
-        stranger.from = 9;
-        assert_eq!(
-            check(&stranger, LOCAL, members),
-            Err(Refusal::UnknownSender)
-        );
+        for t in [
+            MessageType::MsgAppendResponse,
+            MessageType::MsgHeartbeatResponse,
+            MessageType::MsgRequestVoteResponse,
+            MessageType::MsgTransferLeader,
+        ] {
+            let mut stranger = msg(t);
+            stranger.from = 9;
+            assert_eq!(
+                check(&stranger, LOCAL, members),
+                Err(Refusal::UnknownSender),
+                "{t:?}"
+            );
+        }
+        // A leader this member does not know yet (it is catching up on the configuration).
+        let mut leader = msg(MessageType::MsgHeartbeat);
+        leader.from = 9;
+        assert_eq!(check(&leader, LOCAL, members), Ok(()));
+        let mut prop = msg(MessageType::MsgPropose);
+        let mut e = entry(0, 0);
+        e.set_entry_type(EntryType::EntryConfChange);
+        let mut add = raft::prelude::ConfChange::default();
+        add.node_id = 4;
+        e.data = protobuf::Message::write_to_bytes(&add).unwrap().into();
+        prop.entries = vec![e].into();
+        assert_eq!(check(&prop, LOCAL, members), Ok(()));
         let mut myself = msg(MessageType::MsgHeartbeat);
         myself.from = 1;
         assert_eq!(check(&myself, LOCAL, members), Err(Refusal::UnknownSender));

@@ -13,12 +13,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use raft::prelude::{ConfChange, ConfChangeType, Entry};
+use raft::prelude::{ConfChange, Entry, Snapshot};
 
 use super::request::{time_to_unix_nanos, unix_nanos_to_time, RaftRequest, RequestBody, V2Request};
 use super::{ApplyResult, Outcome, Shared, CLUSTER_VERSION};
-use crate::membership::{id_to_string, Member};
-use crate::raft::{Applier, Proposer};
+use crate::membership::{id_to_string, Member, MemberChange, MembershipView};
+use crate::raft::{Applier, ConfDecision, Proposer};
 
 /// How often the leader proposes its clock while TTL keys exist (etcd's SYNC interval).
 const SYNC_INTERVAL: Duration = Duration::from_millis(500);
@@ -41,6 +41,8 @@ struct Publish {
 pub struct ServerApplier {
     shared: Arc<Shared>,
     publish: Arc<Mutex<Publish>>,
+    /// The membership the raft thread starts from (handed to the proposer).
+    view: Option<MembershipView>,
 }
 
 /// The raft thread's side: periodic proposals and dropped proposals. It never takes the
@@ -51,14 +53,18 @@ pub struct ServerProposer {
     last_sync: Instant,
     last_publish: Option<Instant>,
     last_version: Option<Instant>,
+    /// The membership as of the last configuration change handed to apply: every change
+    /// is checked against it, on the raft thread, in log order.
+    view: MembershipView,
 }
 
 impl ServerApplier {
-    /// An applier over the shared server state.
-    pub fn new(shared: Arc<Shared>) -> Self {
+    /// An applier over the shared server state, whose store holds `view`'s membership.
+    pub fn new(shared: Arc<Shared>, view: MembershipView) -> Self {
         ServerApplier {
             shared,
             publish: Arc::default(),
+            view: Some(view),
         }
     }
 
@@ -246,53 +252,94 @@ impl Applier for ServerApplier {
             .flush_notifications();
     }
 
-    fn apply_conf_change(&mut self, index: u64, cc: &ConfChange) {
+    fn apply_conf_change(&mut self, index: u64, cc: &ConfChange, decision: ConfDecision) {
+        let shared = Arc::clone(&self.shared);
+        let change = MemberChange::from_conf_change(cc);
+        let id_str = id_to_string(change.member_id());
+        let cluster = id_to_string(shared.cluster_id);
+        if let ConfDecision::Refuse(e) = decision {
+            tracing::warn!(index, member = %id_str, error = %e, "membership: change refused");
+            shared
+                .wait
+                .trigger(cc.id, crate::server::Outcome::ConfChanged(Err(e)));
+            return;
+        }
         let now = SystemTime::now();
-        let mut store = self.shared.store.write().unwrap_or_else(|e| e.into_inner());
-        let mut members = self
-            .shared
-            .members
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        let id_str = id_to_string(cc.node_id);
-        match cc.get_change_type() {
-            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                let member: Member = serde_json::from_slice(&cc.context).unwrap_or(Member {
-                    id: cc.node_id,
-                    name: String::new(),
-                    peer_urls: Vec::new(),
-                    client_urls: Vec::new(),
-                });
+        let mut store = shared.store.write().unwrap_or_else(|e| e.into_inner());
+        let mut members = shared.members.write().unwrap_or_else(|e| e.into_inner());
+        let set = |store: &mut oxcd_v2store::Store, path: String, value: String| {
+            let _ = store.set(
+                &path,
+                false,
+                &value,
+                oxcd_v2store::TtlOptions::default(),
+                now,
+            );
+        };
+        let mut removed_self = false;
+        match &change {
+            MemberChange::Add(member) => {
                 let raft_attrs = serde_json::json!({ "peerURLs": member.peer_urls });
-                let _ = store.set(
-                    &format!("/0/members/{id_str}/raftAttributes"),
-                    false,
-                    &oxcd_api::json::to_string(&raft_attrs),
-                    oxcd_v2store::TtlOptions::default(),
-                    now,
+                set(
+                    &mut store,
+                    format!("/0/members/{id_str}/raftAttributes"),
+                    oxcd_api::json::to_string(&raft_attrs),
                 );
-                tracing::info!(index, member = %id_str, peer_urls = ?member.peer_urls, "membership: added member");
-                members.entry(cc.node_id).or_insert(Member {
-                    id: cc.node_id,
-                    name: member.name,
-                    peer_urls: member.peer_urls,
+                tracing::info!(
+                    index,
+                    "added member {id_str} [{}] to cluster {cluster}",
+                    member.peer_urls.join(" ")
+                );
+                members.entry(member.id).or_insert(Member {
+                    id: member.id,
+                    name: member.name.clone(),
+                    peer_urls: member.peer_urls.clone(),
                     client_urls: Vec::new(),
                 });
             }
-            ConfChangeType::RemoveNode => {
+            MemberChange::Remove(id) => {
                 let _ = store.delete(&format!("/0/members/{id_str}"), true, true, now);
-                let _ = store.set(
-                    &format!("/0/removed_members/{id_str}"),
-                    false,
-                    "removed",
-                    oxcd_v2store::TtlOptions::default(),
-                    now,
+                set(
+                    &mut store,
+                    format!("/0/removed_members/{id_str}"),
+                    "removed".to_string(),
                 );
-                members.remove(&cc.node_id);
-                tracing::info!(index, member = %id_str, "membership: removed member");
+                members.remove(id);
+                shared
+                    .removed
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(*id);
+                tracing::info!(index, "removed member {id_str} from cluster {cluster}");
+                removed_self = *id == shared.member_id;
+            }
+            MemberChange::Update { id, peer_urls } => {
+                let raft_attrs = serde_json::json!({ "peerURLs": peer_urls });
+                set(
+                    &mut store,
+                    format!("/0/members/{id_str}/raftAttributes"),
+                    oxcd_api::json::to_string(&raft_attrs),
+                );
+                if let Some(m) = members.get_mut(id) {
+                    m.peer_urls = peer_urls.clone();
+                }
+                tracing::info!(
+                    index,
+                    "updated member {id_str} [{}] in cluster {cluster}",
+                    peer_urls.join(" ")
+                );
             }
         }
+        drop(members);
         store.flush_notifications();
+        drop(store);
+        shared.membership_generation.fetch_add(1, Ordering::Release);
+        shared
+            .wait
+            .trigger(cc.id, crate::server::Outcome::ConfChanged(Ok(())));
+        if removed_self {
+            crate::failstop::removed_from_cluster();
+        }
     }
 
     fn snapshot_job(&mut self) -> crate::raft::SnapshotJob {
@@ -313,6 +360,7 @@ impl Applier for ServerApplier {
             return Err(format!("cannot restore snapshot at index {index}: {e}"));
         }
         let (members, version) = members_from_store(&store);
+        let removed = removed_from_store(&store);
         self.shared.refresh_auth(&store);
         self.shared
             .has_ttl_keys
@@ -324,8 +372,20 @@ impl Applier for ServerApplier {
             .members
             .write()
             .unwrap_or_else(|e| e.into_inner()) = members;
+        let removed_self = removed.contains(&self.shared.member_id);
+        *self
+            .shared
+            .removed
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = removed;
+        self.shared
+            .membership_generation
+            .fetch_add(1, Ordering::Release);
         self.shared.set_cluster_version(version);
         tracing::info!(index, "apply: store replaced by the leader's snapshot");
+        if removed_self {
+            crate::failstop::removed_from_cluster();
+        }
         Ok(())
     }
 
@@ -342,6 +402,7 @@ impl Applier for ServerApplier {
             last_sync: Instant::now(),
             last_publish: None,
             last_version: None,
+            view: self.view.take().unwrap_or_default(),
         })
     }
 }
@@ -419,6 +480,79 @@ impl Proposer for ServerProposer {
     fn proposal_dropped(&mut self, id: u64) {
         self.shared.wait.trigger(id, Outcome::Dropped);
     }
+
+    fn conf_change(&mut self, index: u64, cc: &ConfChange) -> ConfDecision {
+        let change = MemberChange::from_conf_change(cc);
+        match self.view.check(&change) {
+            Err(e) => {
+                tracing::debug!(index, error = %e, "membership: refusing a change");
+                ConfDecision::Refuse(e)
+            }
+            Ok(()) => {
+                self.view.apply(&change);
+                match change {
+                    MemberChange::Update { .. } => ConfDecision::Keep,
+                    _ => ConfDecision::Change,
+                }
+            }
+        }
+    }
+
+    fn snapshot_restored(&mut self, snap: &Snapshot) {
+        let index = snap.get_metadata().index;
+        let received = self
+            .shared
+            .received_snapshot_view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.view = match received {
+            Some((at, view)) if at == index => view,
+            _ => match view_of_snapshot(&snap.data) {
+                Ok(view) => view,
+                Err(e) => {
+                    // The apply thread refuses the same data and stops the member.
+                    tracing::error!(index, error = %e, "membership: cannot read the snapshot's members");
+                    MembershipView::default()
+                }
+            },
+        };
+    }
+}
+
+/// The membership inside a snapshot's store state.
+pub fn view_of_snapshot(data: &[u8]) -> Result<MembershipView, String> {
+    let mut store = oxcd_v2store::Store::new(&[]);
+    store.recovery(data).map_err(|e| e.to_string())?;
+    let (members, _) = members_from_store(&store);
+    Ok(view_of(&members, &removed_from_store(&store)))
+}
+
+/// The membership view of a member list and removed set.
+pub fn view_of(
+    members: &std::collections::BTreeMap<u64, Member>,
+    removed: &std::collections::BTreeSet<u64>,
+) -> MembershipView {
+    MembershipView {
+        members: members
+            .iter()
+            .map(|(id, m)| (*id, m.peer_urls.clone()))
+            .collect(),
+        removed: removed.clone(),
+    }
+}
+
+/// The IDs under `/0/removed_members`.
+pub fn removed_from_store(store: &oxcd_v2store::Store) -> std::collections::BTreeSet<u64> {
+    store
+        .get("/0/removed_members", true, false, SystemTime::now())
+        .ok()
+        .and_then(|ev| ev.node.and_then(|mut n| n.nodes.take()))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| n.key.rsplit('/').next())
+        .filter_map(|id| u64::from_str_radix(id, 16).ok())
+        .collect()
 }
 
 /// Rebuilds the member list and cluster version from the store's `/0` namespace (after a

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use oxcd_api::v2::{Error as V2Error, ErrorCode, Event};
 use oxcd_v2store::Store;
 
-use crate::membership::{Cluster, Member};
+use crate::membership::{Cluster, Member, MemberChange, MemberError, MembershipView};
 use crate::raft::{RaftHandle, RaftInput, RaftStatus};
 use request::{IdGenerator, RaftRequest, RequestBody, V2Request};
 use wait::Wait;
@@ -55,6 +55,9 @@ pub enum Outcome {
     Dropped,
     /// A linearizable read may now be served locally.
     Readable,
+    /// A membership change was committed and applied (or refused, as every member refused
+    /// it).
+    ConfChanged(Result<(), MemberError>),
 }
 
 /// State shared by the raft thread, the apply thread and the HTTP handlers.
@@ -65,6 +68,15 @@ pub struct Shared {
     pub wait: Wait<Outcome>,
     /// Members by ID, as applied from the log.
     pub members: Arc<RwLock<BTreeMap<u64, Member>>>,
+    /// IDs of members removed for good (their peer traffic is answered 410 Gone).
+    pub removed: Arc<RwLock<std::collections::BTreeSet<u64>>>,
+    /// Bumped by apply on every membership change: the transport then reconciles its links.
+    pub membership_generation: Arc<std::sync::atomic::AtomicU64>,
+    /// The membership inside the last snapshot received from the leader (read by the peer
+    /// handler while it checks the snapshot), so the raft thread need not decode it again.
+    pub received_snapshot_view: std::sync::Mutex<Option<(u64, MembershipView)>>,
+    /// Since when each peer has been reachable (the strict reconfiguration check).
+    pub peer_activity: Arc<crate::transport::PeerActivity>,
     /// The cluster version once the leader decided it.
     pub cluster_version: RwLock<Option<String>>,
     /// Raft state for headers and stats.
@@ -132,6 +144,17 @@ pub enum ServerError {
     /// The server is shutting down.
     #[error("etcdserver: server stopped")]
     Stopped,
+    /// `--strict-reconfig-check`: the change would leave fewer started members than a
+    /// quorum.
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    /// `--strict-reconfig-check`: this member has not been connected to enough peers for
+    /// long enough to know the change keeps a working quorum.
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    /// The membership change was refused where it was applied.
+    #[error("{0}")]
+    Member(#[from] MemberError),
 }
 
 impl ServerError {
@@ -161,6 +184,8 @@ pub struct EtcdServer {
     pub auth: AuthState,
     /// Peer TLS connections are checked against the member certificate's addresses.
     pub peer_san_check: bool,
+    /// `--strict-reconfig-check`.
+    pub strict_reconfig_check: bool,
 }
 
 /// What the auth API keeps per process (the records themselves are in the store).
@@ -197,6 +222,7 @@ impl EtcdServer {
             enable_v2: true,
             cors: None,
             peer_san_check: true,
+            strict_reconfig_check: true,
             auth: AuthState::default(),
         }
     }
@@ -226,7 +252,91 @@ impl EtcdServer {
             data: data.clone(),
         };
         // A proposal is only ever answered with its applied result.
-        self.submit(id, propose).await?.ok_or(ServerError::Timeout)
+        match self.submit(id, propose).await? {
+            Outcome::Applied(res) => Ok(res),
+            _ => Err(ServerError::Timeout),
+        }
+    }
+
+    /// Proposes a membership change and waits until it is applied here. With
+    /// `--strict-reconfig-check`, adding and removing members is refused first when it
+    /// could cost the cluster its quorum (etcd's rules).
+    pub async fn change_member(&self, change: MemberChange) -> Result<(), ServerError> {
+        if self.strict_reconfig_check {
+            self.check_reconfig(&change)?;
+        }
+        let id = self.shared.ids.next();
+        let cc = change.to_conf_change(id);
+        match self
+            .submit(id, || RaftInput::ProposeConfChange(cc.clone()))
+            .await?
+        {
+            Outcome::ConfChanged(res) => Ok(res?),
+            _ => Err(ServerError::Timeout),
+        }
+    }
+
+    /// etcd's `mayAddMember` / `mayRemoveMember`: members that have published their name
+    /// are started; peers are healthy when connected for the last 5 seconds.
+    fn check_reconfig(&self, change: &MemberChange) -> Result<(), ServerError> {
+        const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+        let members = self
+            .shared
+            .members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let me = self.shared.member_id;
+        let since = std::time::Instant::now().checked_sub(HEALTH_INTERVAL);
+        let connected = |id: u64| {
+            id == me
+                || match (self.shared.peer_activity.active_since(id), since) {
+                    (Some(t), Some(since)) => t <= since,
+                    _ => false,
+                }
+        };
+        let started = |m: &Member| !m.name.is_empty();
+        match change {
+            MemberChange::Add(_) => {
+                let nmembers = members.len() + 1;
+                let nstarted = members.values().filter(|m| started(m)).count();
+                if !(nstarted == 1 && nmembers == 2) && nstarted < nmembers / 2 + 1 {
+                    tracing::warn!(
+                        started = nstarted,
+                        quorum = nmembers / 2 + 1,
+                        "rejecting member add; started member will be less than quorum"
+                    );
+                    return Err(ServerError::NotEnoughStartedMembers);
+                }
+                if !members.keys().all(|&id| connected(id)) {
+                    tracing::warn!("rejecting member add request; local member has not been connected to all peers, reconfigure breaks active quorum");
+                    return Err(ServerError::Unhealthy);
+                }
+            }
+            MemberChange::Remove(id) => {
+                let others: Vec<&Member> = members.values().filter(|m| m.id != *id).collect();
+                let nstarted = others.iter().filter(|m| started(m)).count();
+                if nstarted < others.len() / 2 + 1 {
+                    tracing::warn!(
+                        started = nstarted,
+                        quorum = others.len() / 2 + 1,
+                        "rejecting member remove; started member will be less than quorum"
+                    );
+                    return Err(ServerError::NotEnoughStartedMembers);
+                }
+                // A member that is down is not part of the active quorum.
+                if *id != me && self.shared.peer_activity.active_since(*id).is_none() {
+                    return Ok(());
+                }
+                let active = members.keys().filter(|&&m| connected(m)).count();
+                if active.saturating_sub(1) < 1 + (members.len().saturating_sub(1)) / 2 {
+                    tracing::warn!(active, "rejecting member remove request; local member has not been connected to all peers, reconfigure breaks active quorum");
+                    return Err(ServerError::Unhealthy);
+                }
+            }
+            MemberChange::Update { .. } => {}
+        }
+        Ok(())
     }
 
     /// Waits until a linearizable read may be served from the local store (raft's
@@ -238,13 +348,10 @@ impl EtcdServer {
     }
 
     /// Registers a waiter for `id`, sends `input()` to raft and waits for the outcome: the
-    /// applied result of a proposal, or `None` when a read may be served locally. While raft drops it for want of a leader (an election, or this member is cut
-    /// off), it is sent again, as etcd keeps waiting, until the request timeout.
-    async fn submit(
-        &self,
-        id: u64,
-        input: impl Fn() -> RaftInput,
-    ) -> Result<Option<ApplyResult>, ServerError> {
+    /// applied result of a proposal, or that a read may be served locally. While raft drops
+    /// it for want of a leader (an election, or this member is cut off), it is sent again,
+    /// as etcd keeps waiting, until the request timeout.
+    async fn submit(&self, id: u64, input: impl Fn() -> RaftInput) -> Result<Outcome, ServerError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         // Removes the registration if this future is dropped (client went away) or times out.
         let mut guard = WaitGuard {
@@ -268,8 +375,7 @@ impl EtcdServer {
                         return Err(ServerError::Timeout);
                     }
                 }
-                Ok(Ok(Outcome::Applied(res))) => return Ok(Some(res)),
-                Ok(Ok(Outcome::Readable)) => return Ok(None),
+                Ok(Ok(outcome)) => return Ok(outcome),
                 Ok(Err(_)) => return Err(ServerError::Stopped),
                 Err(_) => return Err(ServerError::Timeout),
             }
@@ -383,8 +489,10 @@ pub struct ServerOptions {
     pub max_wals: usize,
     /// `--pre-vote`.
     pub pre_vote: bool,
-    /// `--strict-reconfig-check` (kept for the members API; every change is refused today).
+    /// `--strict-reconfig-check`.
     pub strict_reconfig_check: bool,
+    /// `--force-new-cluster`: a restarted member becomes a one-member cluster.
+    pub force_new_cluster: bool,
     /// `--enable-v2`.
     pub enable_v2: bool,
     /// `--cors` origins (empty = all).
@@ -415,21 +523,15 @@ pub enum BootstrapError {
     /// The WAL could not be created or read.
     #[error("{0}")]
     Wal(#[from] oxcd_wal::Error),
-    /// The data dir belongs to another member or cluster.
-    #[error("data dir {dir} belongs to member {found_member} of cluster {found_cluster}, not to member {member} of cluster {cluster} (check --name, --initial-advertise-peer-urls, --initial-cluster-token)")]
-    IdentityMismatch {
-        dir: String,
-        member: String,
-        cluster: String,
-        found_member: String,
-        found_cluster: String,
-    },
     /// The snapshot's store state cannot be read.
     #[error("snap: cannot restore the store: {0}")]
     Snapshot(String),
-    /// Joining a running cluster from an empty data dir needs runtime reconfiguration.
-    #[error("--initial-cluster-state=existing with an empty data dir {0} (joining a running cluster through member add) is not supported yet")]
-    JoinExisting(String),
+    /// The WAL's metadata is not a member and cluster ID.
+    #[error("wal: metadata in {0} is not a member ID and a cluster ID")]
+    BadMetadata(String),
+    /// Joining a running cluster failed before anything was written.
+    #[error("{0}")]
+    Join(String),
     /// Creating the data directory failed.
     #[error("cannot create data dir {0}: {1}")]
     DataDir(String, std::io::Error),
@@ -442,18 +544,53 @@ fn wal_metadata(member: u64, cluster: u64) -> Vec<u8> {
     m
 }
 
-/// Opens (restart) or creates (new member) the WAL and the log storage over it.
+/// A running cluster this member joins (`--initial-cluster-state existing` with an empty
+/// data dir), as its members describe it on their peer URLs.
+#[derive(Debug, Clone)]
+pub struct RemoteCluster {
+    /// The cluster's ID (`X-Etcd-Cluster-ID`).
+    pub cluster_id: u64,
+    /// Its members, this one included (it was added with `member add` first).
+    pub members: Vec<Member>,
+}
+
+/// Who this member is and how its log starts, decided by what is on disk and the flags.
+struct Opened {
+    storage: crate::raft::storage::RaftStorage,
+    restored: Restored,
+    member_id: u64,
+    cluster_id: u64,
+    /// Where peers are reached until the log's membership is applied.
+    initial_members: Vec<Member>,
+}
+
+/// The member ID and cluster ID of a WAL's metadata.
+fn parse_wal_metadata(m: &[u8]) -> Option<(u64, u64)> {
+    let id = u64::from_be_bytes(m.get(0..8)?.try_into().ok()?);
+    let cid = u64::from_be_bytes(m.get(8..16)?.try_into().ok()?);
+    Some((id, cid))
+}
+
+/// Whether the member has a WAL already (a restart: the flags that bootstrap a cluster
+/// are then ignored, as etcd ignores them).
+pub fn has_wal(opts: &ServerOptions) -> bool {
+    oxcd_wal::Wal::exists(&wal_dir(opts))
+}
+
+fn wal_dir(opts: &ServerOptions) -> std::path::PathBuf {
+    opts.wal_dir
+        .clone()
+        .unwrap_or_else(|| opts.data_dir.join("member").join("wal"))
+}
+
+/// Opens (restart) or creates (new or joining member) the WAL and the log storage over it.
 fn open_storage(
     opts: &ServerOptions,
-    cluster: &Cluster,
-    me: &Member,
-) -> Result<(crate::raft::storage::RaftStorage, Restored), BootstrapError> {
+    remote: Option<&RemoteCluster>,
+) -> Result<Opened, BootstrapError> {
     use crate::raft::storage::SnapshotFiles;
     let member_dir = opts.data_dir.join("member");
-    let wal_dir = opts
-        .wal_dir
-        .clone()
-        .unwrap_or_else(|| member_dir.join("wal"));
+    let wal_dir = wal_dir(opts);
     // Every directory made here is made durable (its parent fsynced): a crash right after
     // the first WAL write must not lose `member/` itself. The WAL makes its own directory.
     let mut made = oxcd_wal::create_dir_all_durable(&member_dir)?;
@@ -478,6 +615,7 @@ fn open_storage(
         max_snapshots: opts.max_snapshots,
         max_wals: opts.max_wals,
     };
+    let flags_cluster = Cluster::from_initial(&opts.initial_cluster, &opts.initial_cluster_token);
     if oxcd_wal::Wal::exists(&wal_dir) {
         let started = std::time::Instant::now();
         let recovered = crate::raft::storage::recover(&wal_dir, &snapshotter, seg)?;
@@ -487,23 +625,12 @@ fn open_storage(
         for file in &recovered.removed_temporaries {
             tracing::warn!(file = %file.display(), "wal: removed a temporary file left by a crash");
         }
-        let want = wal_metadata(me.id, cluster.id);
-        if recovered.metadata != want {
-            let field = |m: &[u8], i: usize| {
-                m.get(i * 8..i * 8 + 8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(|b| crate::membership::id_to_string(u64::from_be_bytes(b)))
-                    .unwrap_or_else(|| "?".into())
-            };
-            return Err(BootstrapError::IdentityMismatch {
-                dir: opts.data_dir.display().to_string(),
-                member: crate::membership::id_to_string(me.id),
-                cluster: crate::membership::id_to_string(cluster.id),
-                found_member: field(&recovered.metadata, 0),
-                found_cluster: field(&recovered.metadata, 1),
-            });
-        }
-        let storage = recovered.storage;
+        // As etcd: a member that has a WAL is who its WAL says; the bootstrap flags only
+        // mattered the first time (a member whose peer URLs were updated restarts with new
+        // ones and keeps its ID).
+        let (member_id, cluster_id) = parse_wal_metadata(&recovered.metadata)
+            .ok_or_else(|| BootstrapError::BadMetadata(wal_dir.display().to_string()))?;
+        let mut storage = recovered.storage;
         let direct_io = storage.direct_io();
         storage.attach_snapshots(files(snapshotter));
         storage.purge_now();
@@ -517,21 +644,84 @@ fn open_storage(
             snapshot_index = snap.as_ref().map(|s| s.index).unwrap_or(0),
             "wal: recovered log, replaying committed entries"
         );
-        return Ok((storage, snap.map(|s| (s.index, s.data))));
+        let (id_s, cid_s) = (
+            crate::membership::id_to_string(member_id),
+            crate::membership::id_to_string(cluster_id),
+        );
+        if opts.force_new_cluster {
+            let me = Member {
+                id: member_id,
+                name: opts.name.clone(),
+                peer_urls: opts.peer_urls.clone(),
+                client_urls: Vec::new(),
+            };
+            let context = serde_json::to_vec(&me).expect("member encodes");
+            let (commit, removed) = storage.force_new_cluster(member_id, context)?;
+            tracing::warn!(
+                removed = ?removed.iter().map(|&id| crate::membership::id_to_string(id)).collect::<Vec<_>>(),
+                "forcing restart of member {id_s} in cluster {cid_s} at commit index {commit}"
+            );
+            tracing::warn!("--force-new-cluster: this member is now a one-member cluster; unsafe if the other members still run (they must be stopped for good)");
+        } else {
+            tracing::info!(
+                "restarting member {id_s} in cluster {cid_s} at commit index {}",
+                recovered.hard_state.commit
+            );
+        }
+        return Ok(Opened {
+            storage,
+            restored: snap.map(|s| (s.index, s.data)),
+            member_id,
+            cluster_id,
+            initial_members: flags_cluster.members,
+        });
     }
-    if opts.initial_cluster_existing {
-        return Err(BootstrapError::JoinExisting(
-            opts.data_dir.display().to_string(),
-        ));
+    if let Some(remote) = remote {
+        let me = remote
+            .members
+            .iter()
+            .find(|m| {
+                let (mut a, mut b) = (m.peer_urls.clone(), opts.peer_urls.clone());
+                a.sort();
+                b.sort();
+                a == b
+            })
+            .ok_or_else(|| BootstrapError::NotInInitialCluster {
+                name: opts.name.clone(),
+            })?;
+        let wal = oxcd_wal::Wal::create(&wal_dir, &wal_metadata(me.id, remote.cluster_id), seg)?;
+        let storage = crate::raft::storage::RaftStorage::new_empty();
+        storage.attach_wal(wal);
+        storage.attach_snapshots(files(snapshotter));
+        tracing::info!(
+            wal = %wal_dir.display(),
+            member = %crate::membership::id_to_string(me.id),
+            cluster = %crate::membership::id_to_string(remote.cluster_id),
+            "wal: created for a member joining a running cluster"
+        );
+        return Ok(Opened {
+            storage,
+            restored: None,
+            member_id: me.id,
+            cluster_id: remote.cluster_id,
+            initial_members: remote.members.clone(),
+        });
     }
-    let bootstrap: Vec<(u64, Vec<u8>)> = cluster
+    let me = flags_cluster
+        .member_by_peer_urls(&opts.peer_urls)
+        .filter(|m| m.name == opts.name)
+        .ok_or_else(|| BootstrapError::NotInInitialCluster {
+            name: opts.name.clone(),
+        })?
+        .clone();
+    let bootstrap: Vec<(u64, Vec<u8>)> = flags_cluster
         .members
         .iter()
         .map(|m| (m.id, serde_json::to_vec(m).expect("member encodes")))
         .collect();
     let storage = crate::raft::storage::create_on_disk(
         &wal_dir,
-        &wal_metadata(me.id, cluster.id),
+        &wal_metadata(me.id, flags_cluster.id),
         &bootstrap,
         seg,
     )?;
@@ -541,19 +731,38 @@ fn open_storage(
         "wal: created for a new member"
     );
     storage.attach_snapshots(files(snapshotter));
-    Ok((storage, None))
+    Ok(Opened {
+        storage,
+        restored: None,
+        member_id: me.id,
+        cluster_id: flags_cluster.id,
+        initial_members: flags_cluster.members,
+    })
 }
 
-/// Builds the shared state and starts the raft thread for a new cluster.
-pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
-    let cluster = Cluster::from_initial(&opts.initial_cluster, &opts.initial_cluster_token);
-    let me = cluster
-        .member_by_peer_urls(&opts.peer_urls)
-        .filter(|m| m.name == opts.name)
-        .ok_or_else(|| BootstrapError::NotInInitialCluster {
-            name: opts.name.clone(),
-        })?
-        .clone();
+/// Builds the shared state and starts the raft thread: a new member of a new cluster, a
+/// member joining the running cluster `remote`, or a restarted one.
+pub fn start(
+    opts: &ServerOptions,
+    remote: Option<&RemoteCluster>,
+) -> Result<EtcdServer, BootstrapError> {
+    let Opened {
+        storage,
+        restored,
+        member_id,
+        cluster_id,
+        initial_members,
+    } = open_storage(opts, remote)?;
+    let me = Member {
+        id: member_id,
+        name: opts.name.clone(),
+        peer_urls: opts.peer_urls.clone(),
+        client_urls: Vec::new(),
+    };
+    let cluster = Cluster {
+        id: cluster_id,
+        members: initial_members,
+    };
     let status = Arc::new(RaftStatus::default());
     let shared = Arc::new(Shared {
         store: RwLock::new({
@@ -564,6 +773,10 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         }),
         wait: Wait::default(),
         members: Arc::new(RwLock::new(BTreeMap::new())),
+        removed: Arc::default(),
+        membership_generation: Arc::default(),
+        received_snapshot_view: std::sync::Mutex::new(None),
+        peer_activity: Arc::default(),
         cluster_version: RwLock::new(None),
         status: Arc::clone(&status),
         ids: IdGenerator::new(me.id, SystemTime::now()),
@@ -577,15 +790,18 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         has_ttl_keys: AtomicBool::new(false),
         ready: tokio::sync::watch::channel(false).0,
     });
-    let (storage, restored) = open_storage(opts, &cluster, &me)?;
     let mut applied = 0;
+    let mut view = MembershipView::default();
     if let Some((index, data)) = restored {
         let mut store = shared.store.write().unwrap_or_else(|e| e.into_inner());
         store
             .recovery(&data)
             .map_err(|e| BootstrapError::Snapshot(e.to_string()))?;
         let (members, version) = apply::members_from_store(&store);
+        let removed = apply::removed_from_store(&store);
+        view = apply::view_of(&members, &removed);
         *shared.members.write().unwrap_or_else(|e| e.into_inner()) = members;
+        *shared.removed.write().unwrap_or_else(|e| e.into_inner()) = removed;
         shared.set_cluster_version(version);
         shared.refresh_auth(&store);
         shared
@@ -606,14 +822,19 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
         pre_vote: opts.pre_vote,
         apply_thread: true,
     };
-    let applier = apply::ServerApplier::new(Arc::clone(&shared));
+    let applier = apply::ServerApplier::new(Arc::clone(&shared), view);
     let (handle, inputs) = RaftHandle::channel();
     let transport = crate::transport::PeerTransport::new(
         crate::transport::LocalIdentity {
             member_id: me.id,
             cluster_id: cluster.id,
         },
-        Arc::clone(&shared.members),
+        crate::transport::MembershipHandles {
+            members: Arc::clone(&shared.members),
+            removed: Arc::clone(&shared.removed),
+            generation: Arc::clone(&shared.membership_generation),
+            activity: Arc::clone(&shared.peer_activity),
+        },
         &cluster.members,
         handle.clone(),
         Arc::clone(&shared.leader_stats),
@@ -640,6 +861,7 @@ pub fn start(opts: &ServerOptions) -> Result<EtcdServer, BootstrapError> {
     server.enable_v2 = opts.enable_v2;
     server.auth.client_cert_auth = opts.client_cert_auth;
     server.peer_san_check = opts.peer_san_check;
+    server.strict_reconfig_check = opts.strict_reconfig_check;
     server.cors =
         (!opts.cors.is_empty() && !opts.cors.iter().any(|o| o == "*")).then(|| opts.cors.clone());
     Ok(server)

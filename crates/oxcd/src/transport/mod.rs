@@ -126,6 +126,52 @@ impl LeaderStats {
     }
 }
 
+/// Since when each peer has been reachable: set when a connection to it opens, cleared
+/// when it fails or closes (etcd's `ActiveSince`, read by the strict reconfiguration check).
+#[derive(Debug, Default)]
+pub struct PeerActivity {
+    since: Mutex<HashMap<u64, std::time::Instant>>,
+}
+
+impl PeerActivity {
+    /// When the current connection to `id` opened; `None` while it is down.
+    pub fn active_since(&self, id: u64) -> Option<std::time::Instant> {
+        self.since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .copied()
+    }
+
+    fn activate(&self, id: u64) {
+        self.since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_insert_with(std::time::Instant::now);
+    }
+
+    fn deactivate(&self, id: u64) {
+        self.since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+}
+
+/// The membership the transport follows at runtime (kept by apply).
+#[derive(Clone)]
+pub struct MembershipHandles {
+    /// Members by ID: where each is reached.
+    pub members: Arc<RwLock<BTreeMap<u64, Member>>>,
+    /// Removed members: never contacted again.
+    pub removed: Arc<RwLock<std::collections::BTreeSet<u64>>>,
+    /// Bumped on every change.
+    pub generation: Arc<std::sync::atomic::AtomicU64>,
+    /// Connection state per peer.
+    pub activity: Arc<PeerActivity>,
+}
+
 /// Who this member is, as every outgoing request says.
 #[derive(Debug, Clone)]
 pub struct LocalIdentity {
@@ -135,19 +181,24 @@ pub struct LocalIdentity {
     pub cluster_id: u64,
 }
 
-/// Queues of one remote member.
+/// Queues of one remote member (its sender tasks end when these are dropped).
 struct PeerQueues {
     messages: mpsc::Sender<Message>,
     snapshots: mpsc::Sender<Message>,
+    /// The peer URLs its tasks were started with.
+    urls: Vec<String>,
 }
 
 /// The HTTP transport of a multi-member cluster (HTTPS to `https` peer URLs).
 pub struct PeerTransport {
     local: LocalIdentity,
     /// Where members are reached: the applied member list (dynamic) ...
-    members: Arc<RwLock<BTreeMap<u64, Member>>>,
-    /// ... and, until the bootstrap configuration is applied, the `--initial-cluster` one.
+    membership: MembershipHandles,
+    /// ... and, until the log's configuration is applied, the one the member started with
+    /// (`--initial-cluster`, or the running cluster it joined).
     initial: HashMap<u64, Vec<String>>,
+    /// The membership generation the links were last reconciled with.
+    seen_generation: u64,
     peers: HashMap<u64, PeerQueues>,
     raft: RaftHandle,
     stats: Arc<LeaderStats>,
@@ -160,35 +211,90 @@ impl PeerTransport {
     /// to the raft thread through `raft`.
     pub fn new(
         local: LocalIdentity,
-        members: Arc<RwLock<BTreeMap<u64, Member>>>,
+        membership: MembershipHandles,
         initial: &[Member],
         raft: RaftHandle,
         stats: Arc<LeaderStats>,
         runtime: tokio::runtime::Handle,
         tls: Option<tokio_rustls::TlsConnector>,
     ) -> PeerTransport {
-        PeerTransport {
+        let mut transport = PeerTransport {
             local,
-            members,
+            membership,
             initial: initial
                 .iter()
                 .map(|m| (m.id, m.peer_urls.clone()))
                 .collect(),
+            seen_generation: 0,
             peers: HashMap::new(),
             raft,
             stats,
             runtime,
             tls,
+        };
+        // Connected to every member from the start, as etcd's streams are: the strict
+        // reconfiguration check asks how long each peer has been reachable.
+        let ids: Vec<u64> = transport.initial.keys().copied().collect();
+        for id in ids {
+            transport.queues(id);
         }
+        transport
     }
 
     fn peer_urls(&self, id: u64) -> Option<Vec<String>> {
-        let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+        if id == self.local.member_id
+            || self
+                .membership
+                .removed
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&id)
+        {
+            return None;
+        }
+        let members = self
+            .membership
+            .members
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         members
             .get(&id)
             .map(|m| m.peer_urls.clone())
             .filter(|u| !u.is_empty())
             .or_else(|| self.initial.get(&id).cloned())
+    }
+
+    /// After a membership change: links to removed members, and to members whose peer URLs
+    /// changed, are closed (their tasks end); every current member gets a link.
+    fn reconcile(&mut self) {
+        let generation = self
+            .membership
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        if generation == self.seen_generation {
+            return;
+        }
+        self.seen_generation = generation;
+        let ids: Vec<u64> = self.peers.keys().copied().collect();
+        for id in ids {
+            let current = self.peer_urls(id);
+            if current.as_ref() != self.peers.get(&id).map(|q| &q.urls) {
+                self.peers.remove(&id);
+                self.membership.activity.deactivate(id);
+                tracing::info!(peer = %crate::membership::id_to_string(id), urls = ?current, "transport: link closed after a membership change");
+            }
+        }
+        let members: Vec<u64> = self
+            .membership
+            .members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for id in members {
+            self.queues(id);
+        }
     }
 
     /// The queues of member `to`, starting its sender tasks on first use.
@@ -199,11 +305,12 @@ impl PeerTransport {
             let (stx, srx) = mpsc::channel(1);
             let link = peer::Link {
                 to,
-                urls,
+                urls: urls.clone(),
                 local: self.local.clone(),
                 raft: self.raft.clone(),
                 stats: Arc::clone(&self.stats),
                 tls: self.tls.clone(),
+                activity: Arc::clone(&self.membership.activity),
             };
             self.runtime.spawn(peer::run_stream(link.clone(), mrx));
             self.runtime.spawn(peer::run_snapshots(link, srx));
@@ -212,6 +319,7 @@ impl PeerTransport {
                 PeerQueues {
                     messages: mtx,
                     snapshots: stx,
+                    urls,
                 },
             );
         }
@@ -221,6 +329,7 @@ impl PeerTransport {
 
 impl crate::raft::Transport for PeerTransport {
     fn send(&mut self, msgs: Vec<Message>) {
+        self.reconcile();
         for m in msgs {
             let to = m.to;
             let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;

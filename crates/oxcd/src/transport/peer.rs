@@ -58,6 +58,8 @@ pub struct Link {
     pub stats: std::sync::Arc<LeaderStats>,
     /// How `https` peer URLs are dialed (certificate, trusted CA); `None`: they cannot be.
     pub tls: Option<tokio_rustls::TlsConnector>,
+    /// Where the link records whether the member is reachable.
+    pub activity: std::sync::Arc<super::PeerActivity>,
 }
 
 /// Why a request did not go through.
@@ -75,6 +77,8 @@ enum SendError {
     Timeout(Duration),
     #[error("the member belongs to another cluster: {0}")]
     ClusterMismatch(String),
+    #[error("the member says this member was removed from the cluster")]
+    Removed,
     #[error("answered {0}: {1}")]
     Status(StatusCode, String),
 }
@@ -114,6 +118,13 @@ fn target(url: &str) -> Result<Target, SendError> {
 }
 
 async fn connect(link: &Link, to: &Target) -> Result<Conn, SendError> {
+    connect_with(link.tls.as_ref(), to).await
+}
+
+async fn connect_with(
+    tls: Option<&tokio_rustls::TlsConnector>,
+    to: &Target,
+) -> Result<Conn, SendError> {
     let authority = to.authority.as_str();
     let dial = |e: String| SendError::Dial(authority.to_string(), e);
     let stream = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(authority))
@@ -124,10 +135,7 @@ async fn connect(link: &Link, to: &Target) -> Result<Conn, SendError> {
     if !to.tls {
         return handshake(TokioIo::new(stream), authority).await;
     }
-    let connector = link
-        .tls
-        .as_ref()
-        .ok_or_else(|| SendError::NoTls(authority.to_string()))?;
+    let connector = tls.ok_or_else(|| SendError::NoTls(authority.to_string()))?;
     let name = crate::tls::server_name(to.host()).map_err(dial)?;
     let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, stream))
         .await
@@ -152,9 +160,47 @@ where
 /// Where a member's message batches go.
 enum Channel {
     /// The upgraded `/raft/stream` connection: frames are written straight to it.
-    Stream(TokioIo<Upgraded>),
+    Stream(StreamConn),
     /// A member without the stream: one `POST /raft` per batch.
     Post(Conn),
+}
+
+/// The write side of a message stream, and a task that reads its other side only to learn
+/// when the member closes it (the receiver never writes): an idle link to a member that
+/// died is noticed without a message to send.
+struct StreamConn {
+    write: tokio::io::WriteHalf<TokioIo<Upgraded>>,
+    closed: tokio::sync::oneshot::Receiver<()>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl StreamConn {
+    fn new(io: TokioIo<Upgraded>) -> StreamConn {
+        let (mut read, write) = tokio::io::split(io);
+        let (tx, closed) = tokio::sync::oneshot::channel();
+        let watcher = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            loop {
+                match tokio::io::AsyncReadExt::read(&mut read, &mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            let _ = tx.send(());
+        });
+        StreamConn {
+            write,
+            closed,
+            watcher,
+        }
+    }
+}
+
+impl Drop for StreamConn {
+    fn drop(&mut self) {
+        // The read half lives in the watcher: the connection closes once both are gone.
+        self.watcher.abort();
+    }
 }
 
 /// A request to the member's peer URL with the headers every peer request carries.
@@ -199,6 +245,7 @@ async fn refused(resp: http::Response<hyper::body::Incoming>) -> SendError {
         .unwrap_or_default();
     match status {
         StatusCode::PRECONDITION_FAILED => SendError::ClusterMismatch(text),
+        StatusCode::GONE => SendError::Removed,
         s => SendError::Status(s, text),
     }
 }
@@ -218,7 +265,7 @@ async fn open_stream(link: &Link, to: &Target) -> Result<Channel, SendError> {
                 .await
                 .map_err(|_| SendError::Timeout(STREAM_TIMEOUT))?
                 .map_err(|e| SendError::Http(e.to_string()))?;
-            Ok(Channel::Stream(TokioIo::new(upgraded)))
+            Ok(Channel::Stream(StreamConn::new(TokioIo::new(upgraded))))
         }
         StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
             // The answer's body must be read before the connection carries a POST.
@@ -272,7 +319,7 @@ async fn deliver(
         }
         let (ch, auth) = channel.as_mut().expect("opened above");
         match ch {
-            Channel::Stream(io) => tokio::time::timeout(timeout, io.write_all(&body))
+            Channel::Stream(conn) => tokio::time::timeout(timeout, conn.write.write_all(&body))
                 .await
                 .map_err(|_| SendError::Timeout(timeout))?
                 .map_err(|e| SendError::Http(e.to_string())),
@@ -287,14 +334,106 @@ async fn deliver(
     result
 }
 
-/// The message stream to one member; ends when the transport is dropped.
+/// Link state changes, logged once each.
+struct LinkState {
+    peer: String,
+    active: bool,
+}
+
+impl LinkState {
+    fn up(&mut self, link: &Link) {
+        link.activity.activate(link.to);
+        if !self.active {
+            self.active = true;
+            tracing::info!(peer = %self.peer, "transport: peer became active");
+        }
+    }
+
+    fn down(&mut self, link: &Link, e: &SendError) {
+        link.activity.deactivate(link.to);
+        if let SendError::Removed = e {
+            tracing::error!(peer = %self.peer, "transport: {e}");
+            crate::failstop::removed_from_cluster();
+        }
+        if self.active {
+            self.active = false;
+            match e {
+                SendError::ClusterMismatch(_) => {
+                    tracing::error!(peer = %self.peer, error = %e, "transport: peer rejected our messages")
+                }
+                _ => {
+                    tracing::warn!(peer = %self.peer, error = %e, "transport: peer became inactive (message send failed)")
+                }
+            }
+        }
+    }
+}
+
+/// Waits until the stream's member closes it (never, for a POST channel).
+async fn stream_closed(channel: &mut Option<(Channel, String)>) {
+    match channel {
+        Some((Channel::Stream(conn), _)) => {
+            let _ = (&mut conn.closed).await;
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// The message stream to one member; ends when the transport drops the link. It connects
+/// at once and reconnects whenever the stream fails or the member closes it, so the
+/// member's reachability is known even while there is nothing to send.
 pub async fn run_stream(link: Link, mut rx: Receiver<Message>) {
-    let peer = id_to_string(link.to);
-    let mut channel = None;
+    let mut state = LinkState {
+        peer: id_to_string(link.to),
+        active: true,
+    };
+    let mut channel: Option<(Channel, String)> = None;
     let mut url_at = 0usize;
-    let mut active = true;
     let mut last_len = 0usize;
-    while let Some(first) = rx.recv().await {
+    loop {
+        if channel.is_none() {
+            let url = &link.urls[url_at % link.urls.len()];
+            let opened = match target(url) {
+                Ok(to) => open_stream(&link, &to).await.map(|ch| (ch, to.authority)),
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok(ch) => {
+                    channel = Some(ch);
+                    state.up(&link);
+                }
+                Err(e) => {
+                    url_at += 1;
+                    state.down(&link, &e);
+                    // What queued while the member was away is stale; raft sends again.
+                    let mut dropped = false;
+                    loop {
+                        match rx.try_recv() {
+                            Ok(_) => dropped = true,
+                            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return,
+                        }
+                    }
+                    if dropped {
+                        let _ = link.raft.send(RaftInput::Unreachable(link.to));
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+            }
+        }
+        let first = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => return,
+            },
+            () = stream_closed(&mut channel) => {
+                channel = None;
+                state.down(&link, &SendError::Http("the member closed the stream".into()));
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        };
         let mut batch = vec![first];
         let mut size = 0usize;
         while size < MAX_BATCH_BYTES {
@@ -335,26 +474,13 @@ pub async fn run_stream(link: Link, mut rx: Receiver<Message>) {
                 if leader_traffic {
                     link.stats.record(link.to, Ok(started.elapsed()));
                 }
-                if !active {
-                    active = true;
-                    tracing::info!(%peer, "transport: peer became active");
-                }
+                state.up(&link);
             }
             Err(e) => {
                 if leader_traffic {
                     link.stats.record(link.to, Err(()));
                 }
-                if active {
-                    active = false;
-                    match &e {
-                        SendError::ClusterMismatch(_) => {
-                            tracing::error!(%peer, error = %e, "transport: peer rejected our messages")
-                        }
-                        _ => {
-                            tracing::warn!(%peer, error = %e, "transport: peer became inactive (message send failed)")
-                        }
-                    }
-                }
+                state.down(&link, &e);
                 let _ = link.raft.send(RaftInput::Unreachable(link.to));
                 tokio::time::sleep(RETRY_PAUSE).await;
                 // What queued while the member was away is stale; raft sends again.
@@ -362,6 +488,57 @@ pub async fn run_stream(link: Link, mut rx: Receiver<Message>) {
             }
         }
     }
+}
+
+/// Reads a member's list of members from its peer URL (`GET /members`, what a member
+/// joining the cluster asks), with the cluster ID it answers in `X-Etcd-Cluster-ID`.
+pub async fn fetch_members(
+    url: &str,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> Result<(u64, Vec<crate::membership::Member>), String> {
+    let to = target(url).map_err(|e| e.to_string())?;
+    let mut conn = connect_with(tls, &to).await.map_err(|e| e.to_string())?;
+    let req = Request::get("/members").header(http::header::HOST, to.authority.as_str());
+    let resp = exchange(&mut conn, req, Bytes::new(), STREAM_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("answered {}", resp.status()));
+    }
+    let cluster = resp
+        .headers()
+        .get(HEADER_CLUSTER_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .ok_or("no cluster ID in the answer")?;
+    let body = tokio::time::timeout(STREAM_TIMEOUT, resp.into_body().collect())
+        .await
+        .map_err(|_| "timed out reading the member list".to_string())?
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    #[derive(serde::Deserialize)]
+    struct Listed {
+        id: String,
+        #[serde(default)]
+        name: String,
+        #[serde(rename = "peerURLs", default)]
+        peer_urls: Vec<String>,
+        #[serde(rename = "clientURLs", default)]
+        client_urls: Vec<String>,
+    }
+    let listed: Vec<Listed> =
+        serde_json::from_slice(&body).map_err(|e| format!("bad member list: {e}"))?;
+    let mut members = Vec::with_capacity(listed.len());
+    for m in listed {
+        let id = u64::from_str_radix(&m.id, 16).map_err(|_| format!("bad member ID {:?}", m.id))?;
+        members.push(crate::membership::Member {
+            id,
+            name: m.name,
+            peer_urls: m.peer_urls,
+            client_urls: m.client_urls,
+        });
+    }
+    Ok((cluster, members))
 }
 
 /// Sends snapshot messages to one member, one at a time, and tells raft how each went.
@@ -461,6 +638,7 @@ mod tests {
             raft,
             stats: Default::default(),
             tls: None,
+            activity: Default::default(),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(run_stream(link, rx));
