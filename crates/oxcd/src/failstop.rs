@@ -35,15 +35,45 @@ pub fn install_panic_hook() {
     }));
 }
 
+/// When a message from a peer last arrived (ms since the Unix epoch): a removed member
+/// lingers while its peers still need it.
+static LAST_PEER_MESSAGE_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Records that a raft message from a peer arrived.
+pub fn peer_message_arrived() {
+    LAST_PEER_MESSAGE_MS.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+}
+
 /// This member was removed from the cluster (it applied its own removal, or a peer answered
-/// 410 Gone): as etcd, it stops after a second (time for the answer to the request that
-/// removed it to leave), logs why and that its data dir must go, and exits with status 0 —
-/// an operator's decision, not a failure. A restart on the same data dir comes back here.
+/// 410 Gone): as etcd, it stops and says why and that its data dir must go, with exit
+/// status 0 — an operator's decision, not a failure. It lingers first, as etcd's waits a
+/// second, until peers have sent it nothing for three seconds (at most a
+/// minute): a leader that removed itself may still owe the others the commit of its removal
+/// or a vote for its successor. A restart on the same data dir comes back here.
 pub fn removed_from_cluster() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let stop = || {
-            std::thread::sleep(std::time::Duration::from_secs(1));
+            // Longer than two default election timeouts: a successor that missed the
+            // commit of the removal campaigns within that and still gets our vote.
+            const QUIET_MS: u64 = 3000;
+            let started = now_ms();
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let now = now_ms();
+                let last = LAST_PEER_MESSAGE_MS.load(std::sync::atomic::Ordering::Relaxed);
+                let quiet = now.saturating_sub(last.max(started)) >= QUIET_MS;
+                if quiet || now.saturating_sub(started) >= 60_000 {
+                    break;
+                }
+            }
             tracing::error!("the member has been permanently removed from the cluster");
             tracing::warn!("the data-dir used by this member must be removed");
             std::process::exit(0)

@@ -137,6 +137,10 @@ pub enum MemberError {
     /// Another member already uses one of the peer URLs.
     #[error("membership: peerURL exists")]
     PeerUrlExists,
+    /// Removing the only member would leave no cluster at all (raft refuses a
+    /// configuration without voters).
+    #[error("membership: cannot remove the last member")]
+    LastMember,
 }
 
 /// One membership change, as a configuration-change entry of the raft log carries it.
@@ -282,6 +286,9 @@ impl MembershipView {
                 if !self.members.contains_key(&id) {
                     return Err(MemberError::IdNotFound);
                 }
+                if self.members.len() == 1 {
+                    return Err(MemberError::LastMember);
+                }
             }
             MemberChange::Update { peer_urls, .. } => {
                 if !self.members.contains_key(&id) {
@@ -382,6 +389,10 @@ mod tests {
             Err(MemberError::PeerUrlExists)
         );
         v.apply(&MemberChange::Remove(2));
+        assert_eq!(
+            v.check(&MemberChange::Remove(1)),
+            Err(MemberError::LastMember)
+        );
         for change in [
             MemberChange::Remove(2),
             MemberChange::Add(member(2, "http://z:1")),

@@ -173,6 +173,7 @@ fn step_message(server: &EtcdServer, m: Message, from: &str, snapshots: bool) ->
         tracing::warn!(%from, "transport: snapshot outside /raft/snapshot dropped");
         return true;
     }
+    crate::failstop::peer_message_arrived();
     server.step(m)
 }
 

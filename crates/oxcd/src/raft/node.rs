@@ -198,6 +198,10 @@ pub struct RaftConfig {
     /// Apply on a thread of its own (the server), so the raft thread never waits for the
     /// state machine's locks; tests that need determinism apply inline on the raft thread.
     pub apply_thread: bool,
+    /// raft-rs draws each election timeout from the process's random generator; the
+    /// simulation fixes it per member instead (each member its own, so elections still
+    /// resolve) and its schedules replay exactly from their seed.
+    pub fixed_election_timeout: bool,
 }
 
 /// Work for the apply thread, sent in log order.
@@ -427,6 +431,9 @@ pub struct RaftNode<A: Applier, T: Transport> {
     commit_told: u64,
     /// When a dropped peer message was last logged (a flood logs once a second).
     refusal_logged: Option<Instant>,
+    /// Configuration changes that remove this member, received while it leads: they are
+    /// proposed again once another member leads (see `hold_self_removal`).
+    held_removals: Vec<ConfChange>,
 }
 
 impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
@@ -438,9 +445,18 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
         transport: T,
         status: Arc<RaftStatus>,
     ) -> raft::Result<Self> {
+        let election_tick = cfg.election_ticks.max(2);
+        let (min_election_tick, max_election_tick) = if cfg.fixed_election_timeout {
+            let own = election_tick + (cfg.id % 7) as usize;
+            (own, own + 1)
+        } else {
+            (0, 0)
+        };
         let raft_cfg = Config {
             id: cfg.id,
-            election_tick: cfg.election_ticks.max(2),
+            election_tick,
+            min_election_tick,
+            max_election_tick,
             heartbeat_tick: 1,
             applied: cfg.applied,
             max_size_per_msg: 1024 * 1024,
@@ -495,6 +511,7 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
             snapshot_in_progress: None,
             commit_told: 0,
             refusal_logged: None,
+            held_removals: Vec::new(),
         };
         // A one-member cluster need not wait a full election timeout for its only vote; it
         // campaigns as soon as its configuration is applied (see `maybe_campaign`).
@@ -562,6 +579,18 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
                 .fetch_add(1, Ordering::Relaxed);
             self.status.recv_rate.record(msg.compute_size() as usize);
         }
+        if msg.get_msg_type() == MessageType::MsgPropose && self.is_leader() {
+            let removes_me = msg.entries.iter().find_map(|e| {
+                (e.get_entry_type() == EntryType::EntryConfChange)
+                    .then(|| ConfChange::parse_from_bytes(&e.data).ok())
+                    .flatten()
+                    .filter(|cc| self.removes_me(cc))
+            });
+            if let Some(cc) = removes_me {
+                self.hold_self_removal(cc);
+                return;
+            }
+        }
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(error = %e, "raft: dropped peer message");
         }
@@ -583,6 +612,10 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
     /// leader with a change still pending turns a second one into an empty entry, which
     /// is never applied as a change: its proposer times out, as with etcd.
     pub fn propose_conf_change(&mut self, cc: ConfChange) -> bool {
+        if self.is_leader() && self.removes_me(&cc) {
+            self.hold_self_removal(cc);
+            return true;
+        }
         match self.raw.propose_conf_change(Vec::new(), cc) {
             Ok(()) => true,
             Err(e) => {
@@ -606,6 +639,20 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
     /// Reports that `to` could not be reached.
     pub fn report_unreachable(&mut self, to: u64) {
         self.raw.report_unreachable(to);
+    }
+
+    /// Term, role, leader and voters, for test failure messages.
+    #[cfg(test)]
+    pub fn debug_state(&self) -> String {
+        let r = &self.raw.raft;
+        format!(
+            "term {} {:?} leader {} voters {:?} commit {}",
+            r.term,
+            r.state,
+            r.leader_id,
+            r.prs().conf().voters().ids().iter().collect::<Vec<_>>(),
+            r.raft_log.committed
+        )
     }
 
     /// Whether this node is currently the leader.
@@ -669,7 +716,19 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
             self.handed = index;
             self.snapshot_index = index;
         }
-        let committed = ready.take_committed_entries();
+        let mut committed = ready.take_committed_entries();
+        // Entries up to the first configuration change are applied now, ahead of the
+        // persist; a configuration change and what follows it wait until after `advance`:
+        // raft-rs must see this Ready's entries persisted under the configuration they were
+        // appended in (a leader that removed itself would otherwise no longer find itself
+        // among the members when it counts its own persisted entries).
+        let deferred = match committed
+            .iter()
+            .position(|e| e.get_entry_type() != EntryType::EntryNormal)
+        {
+            Some(at) => committed.split_off(at),
+            None => Vec::new(),
+        };
         self.apply(committed)?;
 
         self.storage
@@ -692,6 +751,7 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
         if !light.messages().is_empty() {
             self.send(light.take_messages());
         }
+        self.apply(deferred)?;
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
         self.release_reads()?;
@@ -793,6 +853,7 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
     /// A one-member cluster campaigns at once, as soon as everything committed (its
     /// configuration included) is applied — raft refuses to campaign before that.
     fn maybe_campaign(&mut self) {
+        self.release_held_removals();
         if self.campaign_pending && self.handed >= self.raw.raft.raft_log.committed {
             self.campaign_pending = false;
             let voters = self.raw.raft.prs().conf().voters().ids();
@@ -813,9 +874,14 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
     /// WAL marker written when the file is on disk ([`Self::poll_snapshot`]); until then no
     /// other snapshot starts, so nothing compacts past the one being written.
     fn maybe_snapshot(&mut self) -> raft::Result<()> {
-        if self.snapshot_in_progress.is_some()
-            || self.snapshot_count == 0
-            || self.applied() < self.snapshot_index + self.snapshot_count
+        if self.snapshot_in_progress.is_some() {
+            return Ok(());
+        }
+        // A follower added after the latest snapshot needs one that includes it.
+        let wanted = self.storage.take_snapshot_wanted() && self.handed > self.snapshot_index;
+        if !wanted
+            && (self.snapshot_count == 0
+                || self.applied() < self.snapshot_index + self.snapshot_count)
         {
             return Ok(());
         }
@@ -983,6 +1049,12 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
                     }
                     let cs = self.raw.apply_conf_change(&for_raft)?;
                     self.storage.set_conf_state(cs);
+                    if decision == ConfDecision::Change
+                        && cc.get_change_type() == ConfChangeType::RemoveNode
+                        && cc.node_id == self.id
+                    {
+                        self.leave_leadership();
+                    }
                     self.hand(ApplyWork::ConfChange {
                         index: entry.index,
                         cc,
@@ -999,6 +1071,89 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
         }
         self.handed = self.handed.max(last);
         Ok(())
+    }
+
+    fn removes_me(&self, cc: &ConfChange) -> bool {
+        cc.get_change_type() == ConfChangeType::RemoveNode && cc.node_id == self.id
+    }
+
+    /// A leader does not commit its own removal: raft-rs would keep it leading a
+    /// configuration without it, and a successor that missed the commit could be left
+    /// without the removed member's vote. It hands leadership to the most up-to-date
+    /// follower first and proposes the change again once another member leads (as a
+    /// follower, which forwards it); the proposer's client is answered when it is applied.
+    fn hold_self_removal(&mut self, cc: ConfChange) {
+        tracing::info!(
+            "raft: asked to remove this member while it leads: handing leadership over first"
+        );
+        self.held_removals.push(cc);
+        self.transfer_leadership();
+    }
+
+    /// Starts a leadership transfer to the follower with the longest log (raft-rs sends it
+    /// the missing entries, then MsgTimeoutNow).
+    fn transfer_leadership(&mut self) {
+        if !self.is_leader() || self.raw.raft.lead_transferee.is_some() {
+            return;
+        }
+        let me = self.id;
+        let voters = self.raw.raft.prs().conf().voters().ids();
+        let successor = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me && voters.contains(**id))
+            .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id);
+        if let Some(to) = successor {
+            self.raw.transfer_leader(to);
+        }
+    }
+
+    /// Proposes again the held removals once another member leads.
+    fn release_held_removals(&mut self) {
+        if self.held_removals.is_empty() {
+            return;
+        }
+        if self.is_leader() {
+            // The transfer timed out (raft-rs gives up after an election timeout): again.
+            self.transfer_leadership();
+            return;
+        }
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        for cc in std::mem::take(&mut self.held_removals) {
+            if let Err(e) = self.raw.propose_conf_change(Vec::new(), cc) {
+                tracing::debug!(error = %e, "raft: held configuration change dropped");
+            }
+        }
+    }
+
+    /// This member was removed from the configuration. raft-rs keeps a removed leader
+    /// leading (it would then fail on its own missing progress when it next commits): it
+    /// hands leadership to the most up-to-date follower (MsgTimeoutNow: it campaigns at
+    /// once) and steps down. It still votes while it lingers before stopping.
+    fn leave_leadership(&mut self) {
+        if !self.is_leader() {
+            return;
+        }
+        let me = self.id;
+        let successor = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id);
+        if let Some(to) = successor {
+            self.raw.raft.send_timeout_now(to);
+            tracing::info!(to = %format!("{to:x}"), "raft: removed from the cluster, handing leadership over");
+        }
+        let term = self.raw.raft.term;
+        self.raw.raft.become_follower(term, raft::INVALID_ID);
     }
 
     /// Starts the raft thread, reading inputs from `rx` (see [`RaftHandle::channel`]).
@@ -1192,6 +1347,7 @@ mod tests {
             background_snapshots: false,
             pre_vote: false,
             apply_thread: true,
+            fixed_election_timeout: false,
         };
         let storage = RaftStorage::new_bootstrap(&[(1, Vec::new())]);
         let applier = Gated {

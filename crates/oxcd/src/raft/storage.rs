@@ -69,6 +69,10 @@ pub struct RaftStorage {
     wal: Arc<Mutex<Option<oxcd_wal::Wal>>>,
     /// Snapshot files and retention (`--max-snapshots`, `--max-wals`); `None` in tests.
     snapshots: Arc<Mutex<Option<SnapshotFiles>>>,
+    /// A follower needs a snapshot newer than the latest one (it was added after it, and
+    /// raft refuses a snapshot whose configuration lacks the receiver): the raft thread
+    /// takes one at once instead of after `--snapshot-count` entries.
+    snapshot_wanted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Where snapshots are written and how many files are kept.
@@ -413,6 +417,12 @@ impl RaftStorage {
         self.wl().hard_state.commit = commit;
     }
 
+    /// Whether a follower asked for a snapshot newer than the latest (and clears it).
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Records the ConfState after a configuration change was applied.
     pub fn set_conf_state(&mut self, cs: ConfState) {
         self.wl().conf_state = cs;
@@ -721,12 +731,22 @@ impl Storage for RaftStorage {
         Ok(self.rl().last_index())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let core = self.rl();
         if core.snapshot.get_metadata().index < request_index
             || core.snapshot.get_metadata().index == 0
         {
             // The applier takes a fresh snapshot soon; raft-rs retries.
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let cs = core.snapshot.get_metadata().get_conf_state();
+        if !cs.voters.contains(&to) && !cs.learners.contains(&to) {
+            // Taken before `to` joined: it would refuse it. A new one is taken at once
+            // (etcd's leader sends a fresh snapshot of its applied state for the same reason).
+            self.snapshot_wanted
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
@@ -783,6 +803,7 @@ mod tests {
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = 6;
         snap.mut_metadata().term = 1;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
         snap.data = b"state".to_vec().into();
         s.install_local_snapshot(snap);
         assert_eq!(s.first_index().unwrap(), 7);
@@ -791,8 +812,18 @@ mod tests {
             s.entries(3, 5, None, GetEntriesContext::empty(false)),
             Err(raft::Error::Store(StorageError::Compacted))
         ));
-        assert_eq!(s.snapshot(6, 0).unwrap().data.as_ref(), b"state");
-        assert!(s.snapshot(8, 0).is_err());
+        assert_eq!(s.snapshot(6, 2).unwrap().data.as_ref(), b"state");
+        assert!(s.snapshot(8, 2).is_err());
+        assert!(!s.take_snapshot_wanted());
+        // A member added after the snapshot would refuse it: a newer one is asked for.
+        assert!(matches!(
+            s.snapshot(6, 3),
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        assert!(s.take_snapshot_wanted());
+        assert!(!s.take_snapshot_wanted());
     }
 
     #[test]

@@ -821,6 +821,7 @@ pub fn start(
         background_snapshots: true,
         pre_vote: opts.pre_vote,
         apply_thread: true,
+        fixed_election_timeout: false,
     };
     let applier = apply::ServerApplier::new(Arc::clone(&shared), view);
     let (handle, inputs) = RaftHandle::channel();
