@@ -43,7 +43,11 @@
 //!   ([`WalContents::removed_temporaries`]) for the server to log;
 //! - a snapshot file is written before its WAL marker, and only the newest snapshot whose
 //!   marker is synced ([`Wal::durable_snapshot_index`]) is one a restart can use: purges
-//!   ([`Snapshotter::purge`], [`Wal::purge`]) never remove it or anything newer.
+//!   ([`Snapshotter::purge`], [`Wal::purge`]) never remove it or anything newer;
+//! - readers that must not change anything (a backup of a running member, the dump tool)
+//!   use [`segments`], [`WalVerifier`] (the checks of [`Wal::open`] on bytes the caller
+//!   read, reporting a damaged tail instead of cutting it) and
+//!   [`Snapshotter::read_file`]: `Wal::open` and `Snapshotter::load_newest` repair.
 
 mod direct;
 pub mod failpoint;
@@ -58,7 +62,10 @@ mod wal;
 pub use fsutil::{create_dir_all_durable, fsync_dir};
 pub use record::{Entry, EntryRef, HardState, SnapshotMarker};
 pub use snap::{Snapshot, Snapshotter};
-pub use wal::{dump, Wal, WalContents, DEFAULT_SEGMENT_SIZE};
+pub use wal::{
+    dump, segments, start_segment, Segment, SegmentCheck, TailDamage, Wal, WalContents,
+    WalVerifier, DEFAULT_SEGMENT_SIZE,
+};
 
 /// Errors of the WAL layer.
 #[derive(Debug, thiserror::Error)]

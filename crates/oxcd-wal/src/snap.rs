@@ -217,6 +217,13 @@ impl Snapshotter {
         fs::read(path).ok().and_then(decode)
     }
 
+    /// Reads one snapshot file and changes nothing: `Ok(None)` if it fails its check, an
+    /// error if it cannot be read (a missing file included: `Error::Io`, kind `NotFound`).
+    pub fn read_file(path: &Path) -> Result<Option<Snapshot>> {
+        let bytes = fs::read(path).map_err(io_err(format!("read {}", path.display())))?;
+        Ok(decode(bytes))
+    }
+
     /// Reads the snapshot at `term`/`index`; `None` if it is missing or fails its check.
     pub fn load(&self, term: u64, index: u64) -> Option<Snapshot> {
         Self::load_file(&self.dir.join(format!("{term:016x}-{index:016x}.snap")))
@@ -319,6 +326,25 @@ mod tests {
         // A missing directory is created.
         let (_, removed) = Snapshotter::open(&d.join("sub")).unwrap();
         assert!(removed.is_empty() && d.join("sub").is_dir());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn read_file_tells_damage_from_a_missing_file_and_renames_nothing() {
+        let d = tmp_dir("read");
+        let p = Snapshotter::new(&d).save(&snap(3)).unwrap();
+        assert_eq!(Snapshotter::read_file(&p).unwrap(), Some(snap(3)));
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[10] ^= 1;
+        fs::write(&p, &bytes).unwrap();
+        assert_eq!(Snapshotter::read_file(&p).unwrap(), None);
+        assert!(p.exists(), "a damaged file stays where it is");
+        match Snapshotter::read_file(&d.join("gone.snap")) {
+            Err(crate::Error::Io { source, .. }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound)
+            }
+            other => panic!("{other:?}"),
+        }
         let _ = fs::remove_dir_all(&d);
     }
 

@@ -261,6 +261,337 @@ pub fn dump(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// What reading a WAL has gathered so far, carried from one file to the next: the chained
+/// CRC and what the records say. [`Wal::open`] and [`WalVerifier`] read with it, so a copy
+/// is checked exactly as a restart reads.
+#[derive(Debug, Clone)]
+struct Scan {
+    snap: SnapshotMarker,
+    crc: Option<u32>,
+    found_snap: bool,
+    metadata: Vec<u8>,
+    hard_state: HardState,
+    /// Entries after the snapshot, later writes winning (kept only with `keep_entries`).
+    entries: Vec<Entry>,
+    keep_entries: bool,
+    /// How many entries after the snapshot the log holds so far.
+    n_entries: usize,
+}
+
+/// How far one file's records check out.
+struct FileScan {
+    /// The end of the last intact record (where zeros or the damage begin).
+    end: usize,
+    /// Intact records, and the type of the last one.
+    good: usize,
+    prev_typ: Option<u8>,
+    /// The first record that fails its header or CRC check, and why.
+    damage: Option<(usize, &'static str)>,
+}
+
+impl Scan {
+    fn new(snap: SnapshotMarker, keep_entries: bool) -> Scan {
+        Scan {
+            snap,
+            crc: None,
+            found_snap: snap.index == 0,
+            metadata: Vec::new(),
+            hard_state: HardState::default(),
+            entries: Vec::new(),
+            keep_entries,
+            n_entries: 0,
+        }
+    }
+
+    /// Reads the records of file `seq` (`data`, read from `path`) up to the zeros after
+    /// them or the first record that fails its header or CRC check ([`FileScan::damage`]:
+    /// torn or corrupt, [`FileScan::judge`] decides). An intact record that says
+    /// something impossible — a crc record inside a file, a chain broken between files,
+    /// metadata that changes, an entry index gap, a payload that does not decode — is
+    /// corruption wherever it is: [`Error::Corrupt`].
+    fn file(&mut self, seq: u64, path: &Path, data: &[u8]) -> Result<FileScan> {
+        let corrupt = |offset: usize, reason: &str| Error::Corrupt {
+            file: path.display().to_string(),
+            offset: offset as u64,
+            reason: reason.to_string(),
+        };
+        let mut off = 0usize;
+        let mut damage: Option<(usize, &'static str)> = None;
+        let (mut good, mut prev_typ) = (0usize, None);
+        while off < data.len() {
+            // Zeros after the last record: the end of the log (preallocated space).
+            if data[off..].iter().all(|&b| b == 0) {
+                break;
+            }
+            let Some((len, typ, rec_crc)) = torn::header_at(data, off) else {
+                damage = Some((off, "record header cut short by the end of the file"));
+                break;
+            };
+            let Some(payload) = data.get(off + HEADER..off + HEADER + len) else {
+                damage = Some((off, "record length runs past the end of the file"));
+                break;
+            };
+            if typ == record::CRC {
+                if off != 0 {
+                    return Err(corrupt(off, "crc record inside a file"));
+                }
+                // Its header carries the same value as its payload (the chain so far; 0
+                // before the first file).
+                let Some(prev) = record::Reader(payload)
+                    .u32()
+                    .filter(|&prev| len == 4 && prev == rec_crc && (seq > 0 || prev == 0))
+                else {
+                    damage = Some((off, "bad crc record"));
+                    break;
+                };
+                if let Some(c) = self.crc {
+                    if c != prev {
+                        return Err(corrupt(off, "crc chain broken between files"));
+                    }
+                }
+                self.crc = Some(prev);
+            } else {
+                if !matches!(
+                    typ,
+                    record::METADATA | record::ENTRY | record::STATE | record::SNAPSHOT
+                ) {
+                    damage = Some((off, "unknown record type"));
+                    break;
+                }
+                let computed = crc32c::crc32c_append(self.crc.unwrap_or(0), payload);
+                if computed != rec_crc {
+                    damage = Some((off, "crc mismatch"));
+                    break;
+                }
+                // The record is intact (as written): a payload that does not decode is
+                // corruption wherever it is.
+                self.crc = Some(computed);
+                match typ {
+                    record::METADATA => {
+                        if !self.metadata.is_empty() && self.metadata != payload {
+                            return Err(corrupt(off, "metadata differs between files"));
+                        }
+                        self.metadata = payload.to_vec();
+                    }
+                    record::ENTRY => {
+                        let e = Entry::decode(payload).ok_or_else(|| corrupt(off, "bad entry"))?;
+                        if e.index > self.snap.index {
+                            let keep = (e.index - (self.snap.index + 1)) as usize;
+                            if keep > self.n_entries {
+                                return Err(corrupt(off, "entry index gap"));
+                            }
+                            self.n_entries = keep + 1;
+                            if self.keep_entries {
+                                self.entries.truncate(keep);
+                                self.entries.push(e);
+                            }
+                        }
+                    }
+                    record::STATE => {
+                        self.hard_state =
+                            HardState::decode(payload).ok_or_else(|| corrupt(off, "bad state"))?;
+                    }
+                    _ => {
+                        let m = SnapshotMarker::decode(payload)
+                            .ok_or_else(|| corrupt(off, "bad snapshot marker"))?;
+                        if m == self.snap {
+                            self.found_snap = true;
+                        }
+                    }
+                }
+            }
+            off += HEADER + len;
+            good += 1;
+            prev_typ = Some(typ);
+        }
+        Ok(FileScan {
+            end: off,
+            good,
+            prev_typ,
+            damage,
+        })
+    }
+}
+
+impl FileScan {
+    /// Judges what follows the file's intact records. A finished file (not the last) was
+    /// synced and truncated to its records at the cut: nothing about it can be torn, so
+    /// damage or zeros after its records are [`Error::Corrupt`]. The last file's first
+    /// damaged record is returned, judged torn or not ([`TailDamage::not_torn`]).
+    fn judge(&self, path: &Path, data: &[u8], is_last: bool) -> Result<Option<TailDamage>> {
+        let corrupt = |offset: usize, reason: &str| Error::Corrupt {
+            file: path.display().to_string(),
+            offset: offset as u64,
+            reason: reason.to_string(),
+        };
+        if !is_last {
+            if let Some((at, why)) = self.damage {
+                return Err(corrupt(at, why));
+            }
+            if self.end < data.len() {
+                return Err(corrupt(
+                    self.end,
+                    "zeros after the records of a finished file",
+                ));
+            }
+            return Ok(None);
+        }
+        Ok(self.damage.map(|(at, why)| TailDamage {
+            file: path.to_path_buf(),
+            offset: at as u64,
+            reason: why.to_string(),
+            not_torn: torn::judge(data, at, self.good, self.prev_typ).err(),
+        }))
+    }
+}
+
+/// The first damaged record of a WAL's last file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailDamage {
+    pub file: PathBuf,
+    /// Where the record starts; the records before it are intact.
+    pub offset: u64,
+    /// What fails: its header, its length, its CRC.
+    pub reason: String,
+    /// `None` when the damage is provably a torn final write (what a crash during the
+    /// last write leaves; [`Wal::open`] cuts it off); otherwise why it is not, and the
+    /// damage is corruption.
+    pub not_torn: Option<String>,
+}
+
+impl TailDamage {
+    /// The damage as [`Error::Corrupt`], naming the file and the offset.
+    pub fn to_error(&self) -> Error {
+        Error::Corrupt {
+            file: self.file.display().to_string(),
+            offset: self.offset,
+            reason: match &self.not_torn {
+                Some(why) => format!("{}; {why}", self.reason),
+                None => self.reason.clone(),
+            },
+        }
+    }
+}
+
+/// A segment file of a WAL directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// The file's sequence number (files count from 0, without gaps).
+    pub seq: u64,
+    /// The raft index the file's first entry may have.
+    pub first_index: u64,
+    pub path: PathBuf,
+}
+
+/// The segment files of the WAL in `dir`, by sequence number, without opening any (empty
+/// if `dir` does not exist).
+pub fn segments(dir: &Path) -> Result<Vec<Segment>> {
+    Ok(list(dir)?
+        .into_iter()
+        .map(|(seq, first_index, path)| Segment {
+            seq,
+            first_index,
+            path,
+        })
+        .collect())
+}
+
+/// The position in `segments` of the file that replay from a snapshot at `snapshot_index`
+/// starts with (as [`Wal::open`] chooses it): the last one whose first index is at or
+/// before the snapshot, or the first file.
+pub fn start_segment(segments: &[Segment], snapshot_index: u64) -> usize {
+    segments
+        .iter()
+        .rposition(|s| s.first_index <= snapshot_index)
+        .unwrap_or(0)
+}
+
+/// Checks a WAL read-only, segment by segment, with exactly the rules of [`Wal::open`] —
+/// for copying the log of a member that may be running (a backup).
+///
+/// The caller lists the segments ([`segments`], [`start_segment`]), reads each file's
+/// bytes and hands them over in order; nothing is opened, locked or changed here. Each
+/// [`WalVerifier::check`] says how many of the file's bytes are intact records. A finished
+/// file must be intact to its end; the last file may end in a damaged record
+/// ([`SegmentCheck::damage`]), which the caller judges: a torn final write
+/// ([`TailDamage::not_torn`] is `None`) is dropped, as a restart would drop it. A verifier
+/// whose `check` returned an error is not to be used further (clone it first to retry a
+/// file).
+#[derive(Debug, Clone)]
+pub struct WalVerifier {
+    scan: Scan,
+    next_seq: Option<u64>,
+}
+
+/// What [`WalVerifier::check`] found in one segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentCheck {
+    /// The length of the file's intact records from its start: the bytes a copy keeps.
+    pub valid_len: u64,
+    /// The last file's first damaged record, right after them, if it has one.
+    pub damage: Option<TailDamage>,
+}
+
+impl WalVerifier {
+    /// A verifier for a replay from the snapshot marker `snapshot` (the default marker: from
+    /// the beginning of the log).
+    pub fn new(snapshot: SnapshotMarker) -> WalVerifier {
+        WalVerifier {
+            scan: Scan::new(snapshot, false),
+            next_seq: None,
+        }
+    }
+
+    /// Checks the next segment, `data` being its bytes; `last` says whether it is the last
+    /// file of the log. Errors: [`Error::Corrupt`] (file and offset) for a sequence gap, an
+    /// intact record that breaks the log's rules, and any damage in a finished file.
+    pub fn check(&mut self, segment: &Segment, data: &[u8], last: bool) -> Result<SegmentCheck> {
+        if let Some(want) = self.next_seq {
+            if segment.seq != want {
+                return Err(Error::Corrupt {
+                    file: segment.path.display().to_string(),
+                    offset: 0,
+                    reason: format!("sequence gap after file {}", want - 1),
+                });
+            }
+        }
+        let scanned = self.scan.file(segment.seq, &segment.path, data)?;
+        let damage = scanned.judge(&segment.path, data, last)?;
+        self.next_seq = Some(segment.seq + 1);
+        Ok(SegmentCheck {
+            valid_len: scanned.end as u64,
+            damage,
+        })
+    }
+
+    /// Whether the snapshot's marker was among the records checked (always true for the
+    /// default marker). A copy without it cannot be replayed from that snapshot.
+    pub fn snapshot_found(&self) -> bool {
+        self.scan.found_snap
+    }
+
+    /// The metadata the files carry (empty before the first file).
+    pub fn metadata(&self) -> &[u8] {
+        &self.scan.metadata
+    }
+
+    /// The last hard state checked.
+    pub fn hard_state(&self) -> HardState {
+        self.scan.hard_state
+    }
+
+    /// How many entries after the snapshot the records checked hold (later writes
+    /// replacing earlier ones, as replay counts them).
+    pub fn entries(&self) -> u64 {
+        self.scan.n_entries as u64
+    }
+
+    /// The index of the last entry checked (the snapshot's if none follows it).
+    pub fn last_index(&self) -> u64 {
+        self.scan.snap.index + self.scan.n_entries as u64
+    }
+}
+
 impl Wal {
     /// Whether `dir` holds a WAL.
     pub fn exists(dir: &Path) -> bool {
@@ -346,8 +677,7 @@ impl Wal {
         let start = files.iter().rposition(|f| f.1 <= snap.index).unwrap_or(0);
         let selected = &files[start..];
         let mut out = WalContents::default();
-        let mut crc: Option<u32> = None;
-        let mut found_snap = snap.index == 0;
+        let mut scan = Scan::new(snap, true);
         let mut last_len = 0u64;
         let mut cut_at = None;
         for (i, &(seq, _, ref path)) in selected.iter().enumerate() {
@@ -356,132 +686,34 @@ impl Wal {
             File::open(path)
                 .and_then(|mut f| f.read_to_end(&mut data))
                 .map_err(io_err(format!("read {}", path.display())))?;
-            let corrupt = |offset: usize, reason: &str| Error::Corrupt {
-                file: path.display().to_string(),
-                offset: offset as u64,
-                reason: reason.to_string(),
-            };
-            let mut off = 0usize;
-            // The first record that fails its header or CRC check, and why.
-            let mut damage: Option<(usize, &str)> = None;
-            // Intact records before it, and the type of the last one.
-            let (mut good, mut prev_typ) = (0usize, None);
-            while off < data.len() {
-                // Zeros after the last record: the end of the log (preallocated space).
-                if data[off..].iter().all(|&b| b == 0) {
-                    break;
-                }
-                let Some((len, typ, rec_crc)) = torn::header_at(&data, off) else {
-                    damage = Some((off, "record header cut short by the end of the file"));
-                    break;
-                };
-                let Some(payload) = data.get(off + HEADER..off + HEADER + len) else {
-                    damage = Some((off, "record length runs past the end of the file"));
-                    break;
-                };
-                if typ == record::CRC {
-                    if off != 0 {
-                        return Err(corrupt(off, "crc record inside a file"));
-                    }
-                    // Its header carries the same value as its payload (the chain so far;
-                    // 0 before the first file).
-                    let Some(prev) = record::Reader(payload)
-                        .u32()
-                        .filter(|&prev| len == 4 && prev == rec_crc && (seq > 0 || prev == 0))
-                    else {
-                        damage = Some((off, "bad crc record"));
-                        break;
-                    };
-                    if let Some(c) = crc {
-                        if c != prev {
-                            return Err(corrupt(off, "crc chain broken between files"));
-                        }
-                    }
-                    crc = Some(prev);
-                } else {
-                    if !matches!(
-                        typ,
-                        record::METADATA | record::ENTRY | record::STATE | record::SNAPSHOT
-                    ) {
-                        damage = Some((off, "unknown record type"));
-                        break;
-                    }
-                    let computed = crc32c::crc32c_append(crc.unwrap_or(0), payload);
-                    if computed != rec_crc {
-                        damage = Some((off, "crc mismatch"));
-                        break;
-                    }
-                    // The record is intact (as written): a payload that does not decode
-                    // is corruption wherever it is.
-                    crc = Some(computed);
-                    match typ {
-                        record::METADATA => {
-                            if !out.metadata.is_empty() && out.metadata != payload {
-                                return Err(corrupt(off, "metadata differs between files"));
-                            }
-                            out.metadata = payload.to_vec();
-                        }
-                        record::ENTRY => {
-                            let e =
-                                Entry::decode(payload).ok_or_else(|| corrupt(off, "bad entry"))?;
-                            if e.index > snap.index {
-                                let first = snap.index + 1;
-                                let keep = (e.index - first) as usize;
-                                if keep > out.entries.len() {
-                                    return Err(corrupt(off, "entry index gap"));
-                                }
-                                out.entries.truncate(keep);
-                                out.entries.push(e);
-                            }
-                        }
-                        record::STATE => {
-                            out.hard_state = HardState::decode(payload)
-                                .ok_or_else(|| corrupt(off, "bad state"))?;
-                        }
-                        _ => {
-                            let m = SnapshotMarker::decode(payload)
-                                .ok_or_else(|| corrupt(off, "bad snapshot marker"))?;
-                            if m == snap {
-                                found_snap = true;
-                            }
-                        }
-                    }
-                }
-                off += HEADER + len;
-                good += 1;
-                prev_typ = Some(typ);
-            }
-            if !is_last {
-                // Finished files were synced and truncated to their records at the cut:
-                // nothing about them can be torn.
-                if let Some((at, why)) = damage {
-                    return Err(corrupt(at, why));
-                }
-                if off < data.len() {
-                    return Err(corrupt(off, "zeros after the records of a finished file"));
-                }
-                continue;
-            }
-            if let Some((at, why)) = damage {
-                if let Err(not_torn) = torn::judge(&data, at, good, prev_typ) {
-                    return Err(corrupt(at, &format!("{why}; {not_torn}")));
+            let scanned = scan.file(seq, path, &data)?;
+            if let Some(damage) = scanned.judge(path, &data, is_last)? {
+                if damage.not_torn.is_some() {
+                    return Err(damage.to_error());
                 }
                 out.repaired = Some(format!(
-                    "{} at offset {at} ({why}; {} bytes of a torn final write dropped)",
+                    "{} at offset {} ({}; {} bytes of a torn final write dropped)",
                     path.display(),
-                    data.len() - at
+                    damage.offset,
+                    damage.reason,
+                    data.len() - scanned.end
                 ));
-                off = at;
             }
-            cut_at = (off < data.len()).then_some(off);
-            last_len = off as u64;
+            if is_last {
+                cut_at = (scanned.end < data.len()).then_some(scanned.end);
+                last_len = scanned.end as u64;
+            }
         }
-        if !found_snap {
+        if !scan.found_snap {
             return Err(Error::SnapshotNotFound {
                 index: snap.index,
                 term: snap.term,
             });
         }
+        let crc = scan.crc;
+        out.metadata = scan.metadata;
+        out.hard_state = scan.hard_state;
+        out.entries = scan.entries;
         // Only now change the directory, once the log is known good: a caller that tries
         // another snapshot after an error opens the same files again.
         let (seq, _, path) = files.last().expect("non-empty").clone();
@@ -1334,6 +1566,175 @@ mod tests {
             Wal::create(&d, b"m", SEG).err(),
             Some(Error::Exists(_))
         ));
+        let _ = fs::remove_dir_all(&d);
+    }
+}
+
+#[cfg(test)]
+mod verifier_tests {
+    use super::*;
+
+    const SEG: u64 = 1024;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("oxcd-walv-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            term: 1,
+            index,
+            entry_type: 0,
+            data: format!("data-{index}").into_bytes(),
+            context: Vec::new(),
+        }
+    }
+
+    fn hs(commit: u64) -> HardState {
+        HardState {
+            term: 1,
+            vote: 1,
+            commit,
+        }
+    }
+
+    /// A WAL over many small segments: 100 saves, a snapshot marker at 60, 20 more saves.
+    fn build(d: &Path) -> SnapshotMarker {
+        let mut w = Wal::create(d, b"meta", SEG).unwrap();
+        for i in 1..=100 {
+            w.save(Some(&hs(i)), &[entry(i)]).unwrap();
+        }
+        let marker = SnapshotMarker { index: 60, term: 1 };
+        w.save_snapshot(marker).unwrap();
+        for i in 101..=120 {
+            w.save(Some(&hs(i)), &[entry(i)]).unwrap();
+        }
+        marker
+    }
+
+    /// Every segment from the snapshot's on, checked in order: (check, file length) each.
+    fn verify(d: &Path, marker: SnapshotMarker) -> Result<(WalVerifier, Vec<(SegmentCheck, u64)>)> {
+        let segs = segments(d)?;
+        let segs = &segs[start_segment(&segs, marker.index)..];
+        let mut v = WalVerifier::new(marker);
+        let mut out = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            let data = fs::read(&s.path).unwrap();
+            out.push((v.check(s, &data, i + 1 == segs.len())?, data.len() as u64));
+        }
+        Ok((v, out))
+    }
+
+    fn snapshot_of_files(d: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        segments(d)
+            .unwrap()
+            .into_iter()
+            .map(|s| {
+                let b = fs::read(&s.path).unwrap();
+                (s.path, b)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn verifier_reads_what_open_reads_and_changes_nothing() {
+        let d = dir("same");
+        let marker = build(&d);
+        // A torn tail too: the last save cut in half, and a leftover temporary segment
+        // (both of which `open` would change).
+        let last = segments(&d).unwrap().last().unwrap().path.clone();
+        let bytes = fs::read(&last).unwrap();
+        // The last entry record, cut 5 bytes into it (the file is past its head).
+        let mut off = 0;
+        let mut last_entry = None;
+        while let Some((len, typ, _)) = torn::header_at(&bytes, off).filter(|h| h.1 != 0) {
+            if typ == record::ENTRY {
+                last_entry = Some(off);
+            }
+            off += HEADER + len;
+        }
+        let cut = last_entry.expect("an entry in the last file") + 5;
+        fs::write(&last, &bytes[..cut]).unwrap();
+        fs::write(d.join(format!("{}.tmp", file_name(99, 999))), b"x").unwrap();
+        let before = snapshot_of_files(&d);
+        assert!(before.len() >= 5, "{} segments", before.len());
+        let (v, checks) = verify(&d, marker).unwrap();
+        assert_eq!(snapshot_of_files(&d), before, "the files are untouched");
+        assert!(d.join(format!("{}.tmp", file_name(99, 999))).exists());
+        let (finished, tail) = checks.split_at(checks.len() - 1);
+        for (c, len) in finished {
+            assert_eq!((c.valid_len, &c.damage), (*len, &None));
+        }
+        let damage = tail[0].0.damage.clone().expect("torn tail reported");
+        assert_eq!(damage.not_torn, None, "{damage:?}");
+        assert_eq!(damage.offset, tail[0].0.valid_len);
+        assert_eq!(damage.file, last);
+        assert!(v.snapshot_found());
+        let (_, c) = Wal::open(&d, marker, SEG).unwrap();
+        assert!(c.repaired.is_some());
+        assert_eq!(v.metadata(), c.metadata.as_slice());
+        assert_eq!(v.hard_state(), c.hard_state);
+        assert_eq!(v.entries(), c.entries.len() as u64);
+        assert_eq!(v.last_index(), c.entries.last().unwrap().index);
+        assert_eq!(v.last_index(), 119, "the torn entry 120 is dropped");
+        assert_eq!(tail[0].0.valid_len, cut as u64 - 5);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn verifier_refuses_corruption_with_file_and_offset() {
+        let d = dir("corrupt");
+        let marker = build(&d);
+        let segs = segments(&d).unwrap();
+        // A flipped bit in a finished file: an error, whatever the file.
+        let mid = &segs[segs.len() - 3].path;
+        let good = fs::read(mid).unwrap();
+        let mut b = good.clone();
+        b[200] ^= 4;
+        fs::write(mid, &b).unwrap();
+        match verify(&d, marker) {
+            Err(Error::Corrupt { file, offset, .. }) => {
+                assert_eq!(file, mid.display().to_string());
+                assert!(offset <= 200 && offset > 0, "offset {offset}");
+            }
+            other => panic!("{:?}", other.map(|r| r.1)),
+        }
+        fs::write(mid, &good).unwrap();
+        // A flipped bit in the last file, followed by later synced saves: damage that is
+        // not torn.
+        let last = &segs.last().unwrap().path;
+        let mut b = fs::read(last).unwrap();
+        b[120] ^= 4;
+        fs::write(last, &b).unwrap();
+        let (_, checks) = verify(&d, marker).unwrap();
+        let damage = checks.last().unwrap().0.damage.clone().unwrap();
+        assert!(damage.not_torn.is_some(), "{damage:?}");
+        let msg = damage.to_error().to_string();
+        assert!(
+            msg.contains(&last.display().to_string())
+                && msg.contains(&format!("offset {}", damage.offset)),
+            "{msg}"
+        );
+        // A missing file in the middle: a sequence gap.
+        fs::remove_file(mid).unwrap();
+        let Err(Error::Corrupt { reason, .. }) = verify(&d, marker) else {
+            panic!("gap not reported")
+        };
+        assert!(reason.contains("sequence gap"), "{reason}");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn verifier_reports_a_missing_snapshot_marker() {
+        let d = dir("marker");
+        build(&d);
+        let (v, _) = verify(&d, SnapshotMarker { index: 70, term: 1 }).unwrap();
+        assert!(!v.snapshot_found());
+        let (v, _) = verify(&d, SnapshotMarker::default()).unwrap();
+        assert!(v.snapshot_found());
+        assert_eq!(v.entries(), 120);
         let _ = fs::remove_dir_all(&d);
     }
 }
