@@ -745,7 +745,7 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
         // Our own persist may have been the vote that committed.
         self.maybe_bcast_commit();
         if let Some(commit) = light.commit_index() {
-            self.storage.set_commit(commit);
+            self.storage.set_commit(commit)?;
             self.status.commit_index.store(commit, Ordering::Relaxed);
         }
         if !light.messages().is_empty() {

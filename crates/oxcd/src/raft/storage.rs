@@ -413,8 +413,29 @@ impl RaftStorage {
     }
 
     /// Records a new commit index learned after `advance` (no new entries).
-    pub fn set_commit(&mut self, commit: u64) {
-        self.wl().hard_state.commit = commit;
+    ///
+    /// The record goes to the WAL without waiting for the disk (etcd's MustSync rule):
+    /// `--force-new-cluster` and a backup then know what was committed, not only what the
+    /// last synced HardState said (a one-member cluster commits its last batch here).
+    pub fn set_commit(&mut self, commit: u64) -> raft::Result<()> {
+        let hs = {
+            let mut core = self.wl();
+            if core.hard_state.commit >= commit {
+                return Ok(());
+            }
+            core.hard_state.commit = commit;
+            core.hard_state.clone()
+        };
+        if let Some(wal) = self.wal.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let hs = oxcd_wal::HardState {
+                term: hs.term,
+                vote: hs.vote,
+                commit: hs.commit,
+            };
+            wal.save_refs(Some(&hs), &[])
+                .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
+        }
+        Ok(())
     }
 
     /// Whether a follower asked for a snapshot newer than the latest (and clears it).
