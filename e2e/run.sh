@@ -69,6 +69,25 @@ ln -sfn "$src/integration" "$tree/integration"
 ln -sfn "$bin" "$work/bin/etcd"
 ln -sfn /usr/bin/etcdctl "$work/bin/etcdctl"
 
+# TestEtcdExampleConfig starts the server with etcd's example configuration file
+# (../../etcd.conf.yml.sample), which Debian ships only in the source package: take it
+# from the etcd source package of the installed version (private apt state under $work).
+sample=$tree/etcd.conf.yml.sample
+if [[ ! -s $sample ]]; then
+  apt=$work/apt
+  mkdir -p "$apt/parts" "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/src"
+  sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/*.sources > "$apt/parts/src.sources" 2>/dev/null
+  aptopts=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$apt/parts"
+           -o Dir::State::Lists="$apt/lists" -o Dir::Cache="$apt/cache")
+  srcpkg=$(dpkg-query -W -f='${source:Package}' golang-etcd-server-dev)
+  if apt-get -qq "${aptopts[@]}" update >/dev/null 2>&1 &&
+     (cd "$apt/src" && apt-get -qq "${aptopts[@]}" source --download-only "$srcpkg=$version" >/dev/null 2>&1); then
+    tar -xzf "$apt/src/${srcpkg}_${version%%-*}.orig.tar.gz" --wildcards -O '*/etcd.conf.yml.sample' > "$sample.tmp" &&
+      mv "$sample.tmp" "$sample"
+  fi
+  [[ -s $sample ]] || echo "e2e: cannot fetch etcd.conf.yml.sample from Debian's $srcpkg source package" >&2
+fi
+
 isolate=0
 unshare --net --pid --fork --kill-child sh -c 'ip link set lo up' 2>/dev/null && isolate=1
 

@@ -13,6 +13,10 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // etcd logs that it reads the file before it reports what is wrong in it.
+            if let Some(path) = e.config_file() {
+                eprintln!("oxcd: {}", config::loading_line(path));
+            }
             eprintln!("oxcd: {e}");
             return ExitCode::from(e.exit_code() as u8);
         }
@@ -20,6 +24,18 @@ fn main() -> ExitCode {
     if let Err(e) = init_tracing(&cfg) {
         eprintln!("oxcd: error verifying flags, {e}. See 'etcd --help'.");
         return ExitCode::FAILURE;
+    }
+    if let Some(path) = &cfg.config_file {
+        match cfg.logger {
+            config::Logger::Capnslog => tracing::info!("{}", config::loading_line(path)),
+            config::Logger::Zap => tracing::info!(
+                path = %path,
+                "loaded server configuration, other configuration command line flags and environment variables will be ignored if provided"
+            ),
+        }
+    }
+    for warning in &cfg.warnings {
+        tracing::warn!("{warning}");
     }
     oxcd::failstop::install_panic_hook();
     let (opts, listeners) = match oxcd::startup::from_config(&cfg) {

@@ -5,7 +5,12 @@
 //! next argument. A flag wins over its environment variable (`--initial-cluster-token` ↔
 //! `ETCD_INITIAL_CLUSTER_TOKEN`). The environment is injected so tests need not mutate the
 //! process's.
+//!
+//! `--config-file` (or `ETCD_CONFIG_FILE`) reads etcd 3.4's YAML file instead (`file.rs`);
+//! as in etcd, every other flag and `ETCD_*` variable is then ignored. Each key becomes the
+//! value of its flag and goes through the same validation.
 
+mod file;
 mod url;
 
 use std::collections::HashMap;
@@ -71,6 +76,11 @@ pub struct ServerConfig {
     /// `--experimental-peer-skip-client-san-verification`: peer listeners do not check a
     /// member's certificate against the address it connects from.
     pub peer_skip_client_san: bool,
+    /// `--config-file`: the file the configuration was read from (flags and `ETCD_*`
+    /// variables were ignored).
+    pub config_file: Option<String>,
+    /// Settings accepted with a caveat the operator should see: logged at start.
+    pub warnings: Vec<String>,
 }
 
 /// One side's TLS settings, as etcd's `transport.TLSInfo` and its auto-TLS flag.
@@ -145,16 +155,44 @@ pub enum ConfigError {
     Positional(String),
     #[error("{0}")]
     Invalid(String),
+    /// An error in the configuration read from `--config-file`.
+    #[error("{error}")]
+    File {
+        path: String,
+        error: Box<ConfigError>,
+    },
 }
 
 impl ConfigError {
-    /// Exit code: 2 for flag syntax errors (Go's flag package), 1 otherwise.
+    /// Exit code: 2 for flag syntax errors (Go's flag package), 1 otherwise (also for every
+    /// error in a configuration file, which etcd does not read with the flag package).
     pub fn exit_code(&self) -> i32 {
         match self {
-            ConfigError::Invalid(_) => 1,
+            ConfigError::Invalid(_) | ConfigError::File { .. } => 1,
             _ => 2,
         }
     }
+
+    /// The configuration file the error is in, if the configuration came from one.
+    pub fn config_file(&self) -> Option<&str> {
+        match self {
+            ConfigError::File { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}
+
+/// etcd's error when more than one way to bootstrap is configured (`embed.ErrConflictBootstrapFlags`).
+pub const CONFLICT_BOOTSTRAP: &str = "multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\" or \"discovery-srv\"";
+
+/// etcd's `--initial-cluster` default (`default` at its default advertised peer URL). etcd
+/// treats this exact value as "not given": with another `--name` it becomes
+/// `<name>=<advertised peer URLs>`, and with discovery it is dropped.
+const DEFAULT_INITIAL_CLUSTER: &str = "default=http://localhost:2380";
+
+/// The line etcd logs (capnslog) when it reads a configuration file.
+pub fn loading_line(path: &str) -> String {
+    format!("Loading server configuration from {path:?}. Other configuration command line flags and environment variables will be ignored if provided.")
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -356,7 +394,7 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "auto-compaction-retention",
         Kind::Str,
         "0",
-        "Auto compaction retention for mvcc key value store (v3 only: any value but 0 is refused).",
+        "Auto compaction retention for mvcc key value store in hours, or a duration (v3 only: oxcd has no v3 store, so there is nothing to compact; validated as etcd validates it).",
     ),
     (
         "auto-compaction-mode",
@@ -368,7 +406,7 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "enable-pprof",
         Kind::Bool,
         "false",
-        "Enable runtime profiling data via HTTP server (refused: Go's pprof has no oxcd equivalent).",
+        "Enable runtime profiling data via HTTP server (accepted with a warning: Go's /debug/pprof endpoints have no oxcd equivalent and are not served).",
     ),
     (
         "metrics",
@@ -488,7 +526,7 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "config-file",
         Kind::Str,
         "",
-        "Path to the server configuration file (not yet supported).",
+        "Path to the server configuration file (etcd 3.4's YAML format). Note that if a configuration file is provided, other command line flags and environment variables will be ignored.",
     ),
     (
         "version",
@@ -577,6 +615,52 @@ pub fn parse(
             env!("CARGO_PKG_VERSION")
         )));
     }
+    // As in etcd: a configuration file replaces every other flag and variable (the file
+    // named by the flag, else by ETCD_CONFIG_FILE).
+    let config_file = set
+        .get("config-file")
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .or_else(|| env(&env_name("config-file")).filter(|v| !v.is_empty()));
+    if let Some(path) = config_file {
+        let result = file::load(&path)
+            .and_then(|values| build(&|flag: &str| values.get(flag).cloned(), true));
+        return match result {
+            Ok(mut cfg) => {
+                cfg.config_file = Some(path);
+                Ok(Command::Run(Box::new(cfg)))
+            }
+            Err(error) => Err(ConfigError::File {
+                path,
+                error: Box::new(error),
+            }),
+        };
+    }
+    build(&get, false).map(|cfg| Command::Run(Box::new(cfg)))
+}
+
+/// Validates the settings (`get`: a flag's value, if given) into a member configuration.
+/// `from_file`: they come from a configuration file, where etcd's rules differ in two
+/// places (an explicit `initial-cluster` is one that differs from the default; a
+/// `listen-client-urls` without `advertise-client-urls` keeps the default advertised URL).
+fn build(
+    get: &dyn Fn(&str) -> Option<String>,
+    from_file: bool,
+) -> Result<ServerConfig, ConfigError> {
+    let get_bool = |flag: &str| -> Result<bool, ConfigError> {
+        match get(flag) {
+            None => Ok(FLAGS
+                .iter()
+                .find(|f| f.0 == flag)
+                .map(|f| f.2 == "true")
+                .unwrap_or(false)),
+            Some(v) => parse_go_bool(&v).ok_or_else(|| ConfigError::InvalidValue {
+                flag: flag.to_string(),
+                value: v,
+                reason: "parse error".into(),
+            }),
+        }
+    };
     let defaulted = |flag: &str| -> String {
         get(flag).unwrap_or_else(|| {
             FLAGS
@@ -606,11 +690,36 @@ pub fn parse(
             })
     };
     let name = defaulted("name");
+    // etcd's conflict check (embed.Config.Validate) comes before its timing checks and
+    // before discovery is attempted. A defaulted --initial-cluster is dropped when discovery
+    // is asked for, so only an explicit one conflicts.
+    let discovery = !defaulted("discovery").is_empty();
+    let discovery_srv = !defaulted("discovery-srv").is_empty();
+    let mut cluster_str =
+        get("initial-cluster").unwrap_or_else(|| DEFAULT_INITIAL_CLUSTER.to_string());
+    let explicit_cluster = if from_file {
+        cluster_str != DEFAULT_INITIAL_CLUSTER
+    } else {
+        get("initial-cluster").is_some()
+    };
+    if (discovery || discovery_srv) && !explicit_cluster {
+        cluster_str.clear();
+    }
+    if [discovery, !cluster_str.is_empty(), discovery_srv]
+        .iter()
+        .filter(|set| **set)
+        .count()
+        > 1
+    {
+        return Err(ConfigError::Invalid(format!(
+            "error verifying flags, {CONFLICT_BOOTSTRAP}. See 'etcd --help'."
+        )));
+    }
     let heartbeat = number("heartbeat-interval")?;
     let election = number("election-timeout")?;
     if heartbeat == 0 {
         return Err(ConfigError::Invalid(
-            "--heartbeat-interval must be greater than 0".into(),
+            "--heartbeat-interval must be >0 (set to 0ms)".into(),
         ));
     }
     if election < 5 * heartbeat {
@@ -632,12 +741,19 @@ pub fn parse(
         });
     }
     let proxy = defaulted("proxy");
+    if !matches!(proxy.as_str(), "off" | "readonly" | "on") {
+        return Err(ConfigError::InvalidValue {
+            flag: "proxy".into(),
+            value: proxy,
+            reason: "valid values include off,readonly,on".into(),
+        });
+    }
     if proxy != "off" {
         return Err(ConfigError::Invalid(format!(
             "--proxy={proxy} is not supported yet"
         )));
     }
-    for flag in ["discovery", "discovery-srv", "config-file"] {
+    for flag in ["discovery", "discovery-srv"] {
         if !defaulted(flag).is_empty() {
             return Err(ConfigError::Invalid(format!(
                 "--{flag} is not supported yet"
@@ -720,22 +836,24 @@ pub fn parse(
         }
     }
     let advertise_client_urls = urls("advertise-client-urls")?;
-    if get("listen-client-urls").is_some() && get("advertise-client-urls").is_none() {
+    if !from_file && get("listen-client-urls").is_some() && get("advertise-client-urls").is_none() {
         return Err(ConfigError::Invalid(
             "--advertise-client-urls is required when --listen-client-urls is set explicitly"
                 .into(),
         ));
     }
     let peer_urls = urls("initial-advertise-peer-urls")?;
-    let cluster_str = get("initial-cluster").unwrap_or_else(|| {
-        peer_urls
+    // etcd: `--name x` alone makes the cluster `x=<advertised peer URLs>`; the default
+    // name keeps the default cluster (which then must match the advertised peer URLs).
+    if cluster_str == DEFAULT_INITIAL_CLUSTER && name != "default" {
+        cluster_str = peer_urls
             .iter()
             .map(|u| format!("{name}={u}"))
             .collect::<Vec<_>>()
-            .join(",")
-    });
+            .join(",");
+    }
     let mut initial_cluster = Vec::new();
-    for entry in cluster_str.split(',') {
+    for entry in cluster_str.split(',').filter(|e| !e.is_empty()) {
         let (n, u) = entry
             .split_once('=')
             .ok_or_else(|| ConfigError::InvalidValue {
@@ -769,7 +887,9 @@ pub fn parse(
             mine.join(","), adv.join(","), adv.join(","), adv, mine.join(","), mine
         )));
     }
-    let data_dir = get("data-dir").unwrap_or_else(|| format!("{name}.etcd"));
+    let data_dir = get("data-dir")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| format!("{name}.etcd"));
     let wal_dir = get("wal-dir").filter(|s| !s.is_empty()).map(PathBuf::from);
     let log_level = if get_bool("debug")? {
         "debug".to_string()
@@ -778,6 +898,21 @@ pub fn parse(
     };
     let max_request_bytes = number("max-request-bytes")? as usize;
     refuse_unsupported(&defaulted, &get_bool)?;
+    let mut warnings = Vec::new();
+    let retention = defaulted("auto-compaction-retention");
+    compaction_retention(&retention)?;
+    if retention != "0" {
+        warnings.push(format!(
+            "--auto-compaction-retention={retention} ({}) compacts etcd's v3 key-value history; oxcd serves only the v2 store, which etcd does not compact either",
+            defaulted("auto-compaction-mode")
+        ));
+    }
+    if get_bool("enable-pprof")? {
+        warnings.push(
+            "--enable-pprof: Go's runtime profiling endpoints (/debug/pprof) have no oxcd equivalent and are not served"
+                .to_string(),
+        );
+    }
     let listen_metrics_urls = match get("listen-metrics-urls").filter(|v| !v.is_empty()) {
         Some(_) => urls("listen-metrics-urls")?,
         None => Vec::new(),
@@ -813,7 +948,7 @@ pub fn parse(
             "error verifying flags, unknown log-level {log_level:?}. See 'etcd --help'."
         )));
     }
-    Ok(Command::Run(Box::new(ServerConfig {
+    Ok(ServerConfig {
         name,
         data_dir: PathBuf::from(data_dir),
         wal_dir,
@@ -843,7 +978,55 @@ pub fn parse(
         peer_tls,
         cipher_suites,
         peer_skip_client_san: get_bool("experimental-peer-skip-client-san-verification")?,
-    })))
+        config_file: None,
+        warnings,
+    })
+}
+
+/// etcd's parse of `--auto-compaction-retention`: a non-negative integer (hours in periodic
+/// mode, revisions in revision mode) or a Go duration.
+fn compaction_retention(value: &str) -> Result<(), ConfigError> {
+    if value.parse::<i64>().is_ok_and(|h| h >= 0) || is_go_duration(value) {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid(format!(
+        "error parsing CompactionRetention: time: invalid duration {value:?}"
+    )))
+}
+
+/// Go's `time.ParseDuration` syntax: `[-+]?` then `<decimal><unit>` one or more times
+/// (units ns, us, µs, μs, ms, s, m, h), or `0`.
+fn is_go_duration(s: &str) -> bool {
+    let s = s.strip_prefix(['-', '+']).unwrap_or(s);
+    if s == "0" {
+        return true;
+    }
+    let mut rest = s;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let mut len = int_len;
+        let mut frac_len = 0;
+        if rest[len..].starts_with('.') {
+            len += 1;
+            frac_len = rest[len..].bytes().take_while(u8::is_ascii_digit).count();
+            len += frac_len;
+        }
+        if int_len == 0 && frac_len == 0 {
+            return false;
+        }
+        rest = &rest[len..];
+        let Some(unit) = ["ns", "us", "µs", "μs", "ms", "s", "m", "h"]
+            .iter()
+            .find(|u| rest.starts_with(**u))
+        else {
+            return false;
+        };
+        rest = &rest[unit.len()..];
+    }
+    true
 }
 
 /// Refuses, at start, every flag value whose behaviour oxcd does not have yet, instead of
@@ -869,11 +1052,6 @@ fn refuse_unsupported(
             })
         }
     }
-    if value("auto-compaction-retention") != "0" {
-        return refuse(
-            "--auto-compaction-retention compacts the v3 key-value history, which oxcd does not have yet",
-        );
-    }
     match value("auto-compaction-mode").as_str() {
         "periodic" | "revision" => {}
         other => {
@@ -881,9 +1059,6 @@ fn refuse_unsupported(
                 "unknown auto-compaction-mode {other:?} (only supports \"periodic\", \"revision\")"
             ))
         }
-    }
-    if flag("enable-pprof")? {
-        return refuse("--enable-pprof: Go's profiling endpoints have no oxcd equivalent");
     }
     match value("metrics").as_str() {
         "basic" | "extensive" => {}
@@ -1092,6 +1267,8 @@ mod tests {
             "https://127.0.0.1:2380",
             "--initial-advertise-peer-urls",
             "https://127.0.0.1:2380",
+            "--initial-cluster",
+            "default=https://127.0.0.1:2380",
         ];
         let env = [
             ("ETCD_CERT_FILE", "c.pem"),
@@ -1187,9 +1364,9 @@ mod tests {
             &["--quota-backend-bytes", "1000"][..],
             &["--discovery-proxy", "http://127.0.0.1:1"],
             &["--discovery-fallback", "bogus"],
-            &["--auto-compaction-retention", "1h"],
+            &["--auto-compaction-retention", "1x"],
+            &["--auto-compaction-retention", "-1"],
             &["--auto-compaction-mode", "bogus"],
-            &["--enable-pprof"],
             &["--metrics", "bogus"],
             &["--listen-metrics-urls", "https://127.0.0.1:2381"],
         ] {
@@ -1213,6 +1390,84 @@ mod tests {
         let d = run(&[], &[]).unwrap();
         assert!(d.strict_reconfig_check && d.enable_v2 && d.pre_vote);
         assert!(d.cors.is_empty() && d.listen_metrics_urls.is_empty());
+    }
+
+    #[test]
+    fn conflicting_bootstrap_flags_as_etcd() {
+        // etcd 3.4.23's line for each of these: "error verifying flags, multiple discovery
+        // or bootstrap flags are set. Choose one of "initial-cluster", "discovery" or
+        // "discovery-srv". See 'etcd --help'." (exit 1).
+        let conflict = "error verifying flags, multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\" or \"discovery-srv\". See 'etcd --help'.";
+        let d = ["--discovery", "http://127.0.0.1:1/token"];
+        let srv = ["--discovery-srv", "example.com"];
+        let ic = ["--initial-cluster", "default=http://localhost:2380"];
+        for (args, env) in [
+            ([&d[..], &ic].concat(), &[][..]),
+            ([&srv[..], &ic].concat(), &[]),
+            ([&d[..], &srv].concat(), &[]),
+            (
+                srv.to_vec(),
+                &[("ETCD_INITIAL_CLUSTER", "default=http://localhost:2380")][..],
+            ),
+            ([&d[..], &srv, &["--election-timeout", "10"]].concat(), &[]),
+        ] {
+            let e = run(&args, env).unwrap_err();
+            assert_eq!(e.to_string(), conflict, "{args:?} {env:?}");
+            assert_eq!(e.exit_code(), 1);
+        }
+        // A defaulted --initial-cluster does not conflict with discovery, nor an empty one:
+        // discovery is then refused as not supported (after the conflict check).
+        for args in [
+            d.to_vec(),
+            srv.to_vec(),
+            [&d[..], &["--initial-cluster="]].concat(),
+        ] {
+            let e = run(&args, &[]).unwrap_err().to_string();
+            assert!(e.ends_with("is not supported yet"), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn conflicting_bootstrap_keys_in_a_config_file() {
+        let dir = std::env::temp_dir();
+        let write = |n: &str, text: &str| {
+            let p = dir.join(format!("oxcd-conflict-{}-{n}.yml", std::process::id()));
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let conflict = "error verifying flags, multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\" or \"discovery-srv\". See 'etcd --help'.";
+        for (n, text, conflicts) in [
+            (
+                "a",
+                "discovery: http://127.0.0.1:1/x\ninitial-cluster: infra=http://localhost:2380\n",
+                true,
+            ),
+            (
+                "b",
+                "discovery: http://127.0.0.1:1/x\ndiscovery-srv: example.com\n",
+                true,
+            ),
+            // etcd compares the file's cluster with its default: that value is "not set".
+            (
+                "c",
+                "discovery: http://127.0.0.1:1/x\ninitial-cluster: default=http://localhost:2380\n",
+                false,
+            ),
+            ("d", "discovery-srv: example.com\n", false),
+        ] {
+            let p = write(n, text);
+            let e = run(&["--config-file", p.to_str().unwrap()], &[]).unwrap_err();
+            let _ = std::fs::remove_file(&p);
+            assert_eq!(e.exit_code(), 1);
+            if conflicts {
+                assert_eq!(e.to_string(), conflict, "{text}");
+            } else {
+                assert!(
+                    e.to_string().ends_with("is not supported yet"),
+                    "{text}: {e}"
+                );
+            }
+        }
     }
 
     #[test]
