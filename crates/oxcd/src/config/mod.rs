@@ -897,7 +897,7 @@ fn build(
         defaulted("log-level")
     };
     let max_request_bytes = number("max-request-bytes")? as usize;
-    refuse_unsupported(&defaulted, &get_bool)?;
+    refuse_unsupported(&defaulted)?;
     let mut warnings = Vec::new();
     let retention = defaulted("auto-compaction-retention");
     compaction_retention(&retention)?;
@@ -1031,10 +1031,7 @@ fn is_go_duration(s: &str) -> bool {
 
 /// Refuses, at start, every flag value whose behaviour oxcd does not have yet, instead of
 /// accepting it and behaving differently.
-fn refuse_unsupported(
-    value: &dyn Fn(&str) -> String,
-    flag: &dyn Fn(&str) -> Result<bool, ConfigError>,
-) -> Result<(), ConfigError> {
+fn refuse_unsupported(value: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
     let refuse = |what: &str| Err(ConfigError::Invalid(what.to_string()));
     if value("quota-backend-bytes") != "0" {
         return refuse("--quota-backend-bytes limits the v3 backend, which oxcd does not have yet");
