@@ -183,8 +183,15 @@ pub fn stats_leader(server: &EtcdServer, method: &Method) -> Response<RespBody> 
         return resp;
     }
     let mut followers = serde_json::Map::new();
+    let members = server
+        .shared
+        .members
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     for (id, f) in server.shared.leader_stats.followers() {
-        if id == server.shared.member_id {
+        // Followers of the current membership only: a removed member's figures go with it.
+        if id == server.shared.member_id || !members.contains_key(&id) {
             continue;
         }
         followers.insert(
