@@ -1098,13 +1098,15 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
         }
         let me = self.id;
         let voters = self.raw.raft.prs().conf().voters().ids();
+        // A follower that answered lately (a stale progress of a member that is down would
+        // win on its frozen match index and the transfer would only time out).
         let successor = self
             .raw
             .raft
             .prs()
             .iter()
             .filter(|(id, _)| **id != me && voters.contains(**id))
-            .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
+            .max_by_key(|(id, pr)| (pr.recent_active, pr.matched, std::cmp::Reverse(**id)))
             .map(|(id, _)| *id);
         if let Some(to) = successor {
             self.raw.transfer_leader(to);
