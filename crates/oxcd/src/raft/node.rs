@@ -813,9 +813,15 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
     /// WAL marker written when the file is on disk ([`Self::poll_snapshot`]); until then no
     /// other snapshot starts, so nothing compacts past the one being written.
     fn maybe_snapshot(&mut self) -> raft::Result<()> {
-        if self.snapshot_in_progress.is_some()
-            || self.snapshot_count == 0
-            || self.applied() < self.snapshot_index + self.snapshot_count
+        if self.snapshot_in_progress.is_some() {
+            return Ok(());
+        }
+        // A follower needs a snapshot newer than the last (it was added after it): taken now,
+        // whatever --snapshot-count says, if anything was applied since.
+        let wanted = self.storage.take_snapshot_request() && self.handed > self.snapshot_index;
+        if !wanted
+            && (self.snapshot_count == 0
+                || self.applied() < self.snapshot_index + self.snapshot_count)
         {
             return Ok(());
         }
@@ -982,6 +988,19 @@ impl<A: Applier + 'static, T: Transport> RaftNode<A, T> {
                         for_raft.node_id = 0;
                     }
                     let cs = self.raw.apply_conf_change(&for_raft)?;
+                    if self.is_leader() && !cs.voters.contains(&self.id) {
+                        // A leader that applied its own removal steps down at once: raft-rs
+                        // keeps it leading (as raft-go does), but then panics on the next
+                        // append response or persist, which look up the leader's own
+                        // progress. The member stops a second later; the others elect a
+                        // leader after an election timeout.
+                        let term = self.raw.raft.term;
+                        self.raw.raft.become_follower(term, raft::INVALID_ID);
+                        tracing::warn!(
+                            index = entry.index,
+                            "raft: this leader was removed from the cluster; stepping down"
+                        );
+                    }
                     self.storage.set_conf_state(cs);
                     self.hand(ApplyWork::ConfChange {
                         index: entry.index,

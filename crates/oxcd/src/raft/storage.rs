@@ -69,6 +69,9 @@ pub struct RaftStorage {
     wal: Arc<Mutex<Option<oxcd_wal::Wal>>>,
     /// Snapshot files and retention (`--max-snapshots`, `--max-wals`); `None` in tests.
     snapshots: Arc<Mutex<Option<SnapshotFiles>>>,
+    /// A follower needs a snapshot newer than the log's (see [`Storage::snapshot`]); the
+    /// raft thread takes one without waiting for `--snapshot-count` entries.
+    snapshot_wanted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Where snapshots are written and how many files are kept.
@@ -413,6 +416,12 @@ impl RaftStorage {
         self.wl().hard_state.commit = commit;
     }
 
+    /// Whether a follower asked for a snapshot the log's cannot serve; clears the request.
+    pub fn take_snapshot_request(&self) -> bool {
+        self.snapshot_wanted
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Records the ConfState after a configuration change was applied.
     pub fn set_conf_state(&mut self, cs: ConfState) {
         self.wl().conf_state = cs;
@@ -721,12 +730,42 @@ impl Storage for RaftStorage {
         Ok(self.rl().last_index())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let core = self.rl();
         if core.snapshot.get_metadata().index < request_index
             || core.snapshot.get_metadata().index == 0
         {
             // The applier takes a fresh snapshot soon; raft-rs retries.
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        // A member added after the snapshot was taken is not in its configuration, and
+        // raft refuses to restore a snapshot that leaves it out: it needs one taken after its
+        // addition (etcd sends a snapshot of the current state for the same reason). Without
+        // this a member added to a one-member cluster (which then has no quorum) never
+        // catches up.
+        let cs = core.snapshot.get_metadata().get_conf_state();
+        if to != 0
+            && ![
+                &cs.voters,
+                &cs.learners,
+                &cs.voters_outgoing,
+                &cs.learners_next,
+            ]
+            .iter()
+            .any(|set| set.contains(&to))
+        {
+            if !self
+                .snapshot_wanted
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::info!(
+                    to = %crate::membership::id_to_string(to),
+                    index = core.snapshot.get_metadata().index,
+                    "snap: the last snapshot predates the member it is for; taking a new one"
+                );
+            }
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
@@ -773,6 +812,32 @@ mod tests {
         assert_eq!(s.last_index().unwrap(), 2);
         assert_eq!(s.term(2).unwrap(), 2);
         assert!(s.persist(None, &[entry(5, 2)], None).is_err());
+    }
+
+    /// A member added after the last snapshot cannot restore it (raft refuses a snapshot
+    /// whose configuration leaves it out): it is refused for now and a new one requested.
+    #[test]
+    fn snapshot_predating_a_member_is_refused_and_a_new_one_requested() {
+        let mut s = RaftStorage::new_empty();
+        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
+        s.persist(None, &ents, None).unwrap();
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 6;
+        snap.mut_metadata().term = 1;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
+        snap.data = b"state".to_vec().into();
+        s.install_local_snapshot(snap);
+        assert!(!s.take_snapshot_request());
+        assert_eq!(s.snapshot(0, 2).unwrap().get_metadata().index, 6);
+        assert!(!s.take_snapshot_request());
+        assert!(matches!(
+            s.snapshot(0, 3),
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        assert!(s.take_snapshot_request());
+        assert!(!s.take_snapshot_request(), "the request is taken once");
     }
 
     #[test]
