@@ -280,6 +280,27 @@ impl Member {
             .is_ok_and(|s| s.success())
     }
 
+    /// Sets `flag` on the command line of the next start: every earlier occurrence (`--f v`
+    /// or `--f=v`) goes, then `flag` is appended with `value` (alone when `None`, for a
+    /// boolean flag).
+    pub fn set_flag(&mut self, flag: &str, value: Option<&str>) {
+        let mut args = Vec::with_capacity(self.args.len() + 2);
+        let mut it = std::mem::take(&mut self.args).into_iter().peekable();
+        while let Some(a) = it.next() {
+            if a == flag {
+                // The value, unless the next argument is another flag (a bare boolean).
+                if it.peek().is_some_and(|v| !v.starts_with("--")) {
+                    it.next();
+                }
+            } else if !a.starts_with(&format!("{flag}=")) {
+                args.push(a);
+            }
+        }
+        args.push(flag.to_string());
+        args.extend(value.map(str::to_string));
+        self.args = args;
+    }
+
     /// Starts the process again on the same data dir and ports.
     pub fn restart(&mut self) {
         self.kill();

@@ -1201,7 +1201,6 @@ listen-metrics-urls: http://127.0.0.1:12381
             ("election-timeout: 10", "--election-timeout=10"),
             ("heartbeat-interval: 0", "--heartbeat-interval=0"),
             ("quota-backend-bytes: 1000", "--quota-backend-bytes=1000"),
-            ("force-new-cluster: true", "--force-new-cluster"),
             ("discovery-fallback: bogus", "--discovery-fallback=bogus"),
             ("logger: bogus", "--logger=bogus"),
             ("log-level: verbose", "--log-level=verbose"),

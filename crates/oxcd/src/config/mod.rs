@@ -15,7 +15,7 @@ mod url;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use url::Url;
@@ -868,29 +868,39 @@ fn build(
         })?;
         initial_cluster.push((n.trim().to_string(), url));
     }
-    let mut mine: Vec<String> = initial_cluster
-        .iter()
-        .filter(|(n, _)| *n == name)
-        .map(|(_, u)| u.to_string())
-        .collect();
-    let mut adv: Vec<String> = peer_urls.iter().map(|u| u.to_string()).collect();
-    mine.sort();
-    adv.sort();
-    if mine.is_empty() {
-        return Err(ConfigError::Invalid(format!(
-            "couldn't find local name {name:?} in the initial cluster configuration"
-        )));
-    }
-    if mine != adv {
-        return Err(ConfigError::Invalid(format!(
-            "--initial-cluster has {name}={} but missing from --initial-advertise-peer-urls={} (\"{}\"(resolved from {:?}) != \"{}\"(resolved from {:?}))",
-            mine.join(","), adv.join(","), adv.join(","), adv, mine.join(","), mine
-        )));
-    }
     let data_dir = get("data-dir")
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| format!("{name}.etcd"));
     let wal_dir = get("wal-dir").filter(|s| !s.is_empty()).map(PathBuf::from);
+    // As etcd (`VerifyBootstrap`, `VerifyJoinExisting`): the bootstrap flags are checked
+    // against each other only when they bootstrap; a member with a WAL is who its WAL says
+    // (restarted after `member update` on new peer URLs, its --initial-cluster is stale).
+    let has_wal = oxcd_wal::Wal::exists(
+        &wal_dir
+            .clone()
+            .unwrap_or_else(|| Path::new(&data_dir).join("member").join("wal")),
+    );
+    if !has_wal {
+        let mut mine: Vec<String> = initial_cluster
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, u)| u.to_string())
+            .collect();
+        let mut adv: Vec<String> = peer_urls.iter().map(|u| u.to_string()).collect();
+        mine.sort();
+        adv.sort();
+        if mine.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "couldn't find local name {name:?} in the initial cluster configuration"
+            )));
+        }
+        if mine != adv {
+            return Err(ConfigError::Invalid(format!(
+                "--initial-cluster has {name}={} but missing from --initial-advertise-peer-urls={} (\"{}\"(resolved from {:?}) != \"{}\"(resolved from {:?}))",
+                mine.join(","), adv.join(","), adv.join(","), adv, mine.join(","), mine
+            )));
+        }
+    }
     let log_level = if get_bool("debug")? {
         "debug".to_string()
     } else {

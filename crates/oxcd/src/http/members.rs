@@ -40,10 +40,15 @@ pub async fn serve(
             Ok(urls) => add(server, urls).await,
             Err((status, msg)) => http_error(status, &msg),
         },
-        Method::DELETE => remove(server, rest).await,
-        _ => match parse(content_type, &body) {
-            Ok(urls) => update(server, rest, urls).await,
-            Err((status, msg)) => http_error(status, &msg),
+        // The ID in the path is checked before the body (etcd's `getID`).
+        Method::DELETE => match path_id(rest) {
+            Ok(id) => remove(server, id).await,
+            Err(resp) => *resp,
+        },
+        _ => match path_id(rest).map(|id| (id, parse(content_type, &body))) {
+            Ok((id, Ok(urls))) => update(server, id, urls).await,
+            Ok((_, Err((status, msg)))) => http_error(status, &msg),
+            Err(resp) => *resp,
         },
     };
     resp.headers_mut().insert(
@@ -78,12 +83,18 @@ fn list(server: &EtcdServer, rest: &str) -> Response<RespBody> {
 /// The peer URLs of a request body, checked as etcd's `types.NewURLs` checks them (and
 /// sorted, as it sorts them).
 fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Vec<String>, (StatusCode, String)> {
+    // As etcd's `unmarshalRequest`: with parameters (`;`), the media type is lower-cased and
+    // trimmed; without, it must be exactly `application/json`. The refusal names what was
+    // compared.
     let ctype = content_type.unwrap_or("");
-    let media = ctype.split(';').next().unwrap_or("").trim();
-    if !media.eq_ignore_ascii_case("application/json") {
+    let media = match ctype.split_once(';') {
+        Some((media, _)) => media.trim().to_ascii_lowercase(),
+        None => ctype.to_string(),
+    };
+    if media != "application/json" {
         return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Bad Content-Type {ctype}, accept application/json"),
+            format!("Bad Content-Type {media}, accept application/json"),
         ));
     }
     let req: MemberRequest =
@@ -168,11 +179,19 @@ async fn add(server: &EtcdServer, peer_urls: Vec<String>) -> Response<RespBody> 
     }
 }
 
-/// The member ID in the path (hex, as etcd prints it).
-fn member_id(rest: &str) -> Option<u64> {
+/// The member ID in the path of a DELETE or PUT (hex, as etcd prints it), or etcd's answer:
+/// 405 in Go's plain text (no `Allow`) without one, 404 for one that is not hex.
+fn path_id(rest: &str) -> Result<u64, Box<Response<RespBody>>> {
+    if rest.is_empty() {
+        return Err(Box::new(super::text_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method Not Allowed",
+        )));
+    }
     u64::from_str_radix(rest, 16)
         .ok()
-        .filter(|_| !rest.is_empty() && !rest.starts_with('+'))
+        .filter(|_| !rest.starts_with('+'))
+        .ok_or_else(|| Box::new(no_such_member(rest)))
 }
 
 /// etcd's answer to a path that names no member.
@@ -180,10 +199,7 @@ fn no_such_member(shown: &str) -> Response<RespBody> {
     http_error(StatusCode::NOT_FOUND, &format!("No such member: {shown}"))
 }
 
-async fn remove(server: &EtcdServer, rest: &str) -> Response<RespBody> {
-    let Some(id) = member_id(rest) else {
-        return no_such_member(rest);
-    };
+async fn remove(server: &EtcdServer, id: u64) -> Response<RespBody> {
     let shown = id_to_string(id);
     match server.change_member(MemberChange::Remove(id)).await {
         Ok(()) => no_content(),
@@ -196,10 +212,7 @@ async fn remove(server: &EtcdServer, rest: &str) -> Response<RespBody> {
     }
 }
 
-async fn update(server: &EtcdServer, rest: &str, peer_urls: Vec<String>) -> Response<RespBody> {
-    let Some(id) = member_id(rest) else {
-        return no_such_member(rest);
-    };
+async fn update(server: &EtcdServer, id: u64, peer_urls: Vec<String>) -> Response<RespBody> {
     let shown = id_to_string(id);
     match server
         .change_member(MemberChange::Update { id, peer_urls })
@@ -255,6 +268,27 @@ mod tests {
                 "Bad Content-Type , accept application/json".to_string()
             )
         );
+        // etcd 3.4.23: parameters make the media type case-insensitive, and only they.
+        let url = br#"{"peerURLs":["http://a:1"]}"#;
+        for (ctype, refused) in [
+            ("text/plain; charset=utf-8", Some("text/plain")),
+            ("Application/JSON", Some("Application/JSON")),
+            ("APPLICATION/JSON; x", None),
+            ("application/json; charset=utf-8", None),
+        ] {
+            let got = parse(Some(ctype), url);
+            match refused {
+                Some(shown) => assert_eq!(
+                    got.unwrap_err(),
+                    (
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        format!("Bad Content-Type {shown}, accept application/json")
+                    ),
+                    "{ctype}"
+                ),
+                None => assert!(got.is_ok(), "{ctype}"),
+            }
+        }
         assert_eq!(
             parse(json, br#"{"peerURLs":["http://b:2","http://a:1"]}"#).unwrap(),
             vec!["http://a:1".to_string(), "http://b:2".to_string()]

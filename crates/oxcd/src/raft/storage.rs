@@ -762,12 +762,32 @@ impl Storage for RaftStorage {
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
+        // A member added after the snapshot was taken is not in its configuration, and
+        // raft refuses to restore a snapshot that leaves it out: it needs one taken after its
+        // addition (etcd sends a snapshot of the current state for the same reason). Without
+        // this a member added to a one-member cluster (which then has no quorum) never
+        // catches up.
         let cs = core.snapshot.get_metadata().get_conf_state();
-        if !cs.voters.contains(&to) && !cs.learners.contains(&to) {
-            // Taken before `to` joined: it would refuse it. A new one is taken at once
-            // (etcd's leader sends a fresh snapshot of its applied state for the same reason).
-            self.snapshot_wanted
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+        if to != 0
+            && ![
+                &cs.voters,
+                &cs.learners,
+                &cs.voters_outgoing,
+                &cs.learners_next,
+            ]
+            .iter()
+            .any(|set| set.contains(&to))
+        {
+            if !self
+                .snapshot_wanted
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::info!(
+                    to = %crate::membership::id_to_string(to),
+                    index = core.snapshot.get_metadata().index,
+                    "snap: the last snapshot predates the member it is for; taking a new one"
+                );
+            }
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
@@ -814,6 +834,32 @@ mod tests {
         assert_eq!(s.last_index().unwrap(), 2);
         assert_eq!(s.term(2).unwrap(), 2);
         assert!(s.persist(None, &[entry(5, 2)], None).is_err());
+    }
+
+    /// A member added after the last snapshot cannot restore it (raft refuses a snapshot
+    /// whose configuration leaves it out): it is refused for now and a new one requested.
+    #[test]
+    fn snapshot_predating_a_member_is_refused_and_a_new_one_requested() {
+        let mut s = RaftStorage::new_empty();
+        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
+        s.persist(None, &ents, None).unwrap();
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 6;
+        snap.mut_metadata().term = 1;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
+        snap.data = b"state".to_vec().into();
+        s.install_local_snapshot(snap);
+        assert!(!s.take_snapshot_wanted());
+        assert_eq!(s.snapshot(0, 2).unwrap().get_metadata().index, 6);
+        assert!(!s.take_snapshot_wanted());
+        assert!(matches!(
+            s.snapshot(0, 3),
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        assert!(s.take_snapshot_wanted());
+        assert!(!s.take_snapshot_wanted(), "the request is taken once");
     }
 
     #[test]
