@@ -298,3 +298,70 @@ fn backup_of_a_running_member_holds_every_write_acknowledged_before_it() {
     let (_, listing2) = written_keys(&again);
     assert_eq!(listing2, listing);
 }
+
+/// The restore procedure of a lost cluster: a backup of one member of a three-member
+/// cluster, taken while writers write, started with `oxcd --force-new-cluster` after every
+/// member is gone, is a one-member cluster with every write acknowledged before the backup
+/// (and applied on that member), which takes writes and can grow again.
+#[test]
+fn a_cluster_restores_from_a_backup_with_force_new_cluster() {
+    use oxcd_tests::cluster::{check_converged, try_put, Cluster, Load};
+    let oxcd = oxcd_binary();
+    let mut args = FAST_TIMING.to_vec();
+    args.extend(["--snapshot-count", "200"]);
+    let mut c = Cluster::start(&oxcd, 3, &args, false);
+    let load = Load::start(
+        c.members.iter().map(|m| m.client_url.clone()).collect(),
+        2,
+        "restore",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while load.acked_count() < 300 {
+        assert!(Instant::now() < deadline, "writes are not acknowledged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The writes acknowledged so far, once member 1 has applied them, must be in its backup;
+    // the writers keep writing during the copy.
+    let s = 1;
+    let before = load.stop();
+    let last = before
+        .iter()
+        .map(|a| a.2)
+        .max()
+        .expect("acknowledged writes");
+    c.listings(&[s], last, Duration::from_secs(20));
+    let load = Load::start(vec![c.members[0].client_url.clone()], 2, "during");
+    let backup = TempDir::new("cluster-backup");
+    let backup_data = backup.0.join("data");
+    let source = c.members[s].dir.0.join("data");
+    let out = run_backup(&[&source, &backup_data]);
+    drop(load.stop());
+    assert!(out.contains(&format!("member {}", c.ids[s])), "{out}");
+    for m in c.members.iter_mut() {
+        m.kill();
+    }
+
+    let m = &mut c.members[s];
+    m.set_flag("--data-dir", Some(&backup_data.to_string_lossy()));
+    m.set_flag("--force-new-cluster", None);
+    m.spawn();
+    assert!(
+        m.log()
+            .contains(&format!("forcing restart of member {}", c.ids[s])),
+        "{}",
+        m.log()
+    );
+    let listing = c.listings(&[s], last, Duration::from_secs(20));
+    check_converged(&listing, &before);
+    let r = request(&c.members[s].client_url, "GET", "/v2/members", None);
+    let members = r.json()["members"].as_array().cloned().unwrap_or_default();
+    assert_eq!(members.len(), 1, "{}", r.body);
+    assert_eq!(members[0]["id"], c.ids[s].as_str(), "{}", r.body);
+    try_put(
+        &c.members[s].client_url,
+        "restore/after",
+        "x",
+        Duration::from_secs(10),
+    )
+    .expect("the restored cluster takes writes");
+}
