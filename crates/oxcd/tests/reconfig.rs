@@ -372,6 +372,22 @@ fn shrink_five_to_three_removing_a_follower_and_the_leader() {
         "removed m{follower}, then leader m{lead}; m{new_lead} leads; {} writes",
         acked.len()
     );
+    // The new leader's /v2/stats/leader follows the membership: the two other survivors,
+    // not the removed members.
+    let stats = oxcd_tests::cluster::get_json(&c.members[new_lead].client_url, "/v2/stats/leader")
+        .expect("/v2/stats/leader on the leader");
+    let mut followers: Vec<String> = stats["followers"]
+        .as_object()
+        .map(|f| f.keys().cloned().collect())
+        .unwrap_or_default();
+    followers.sort();
+    let mut want: Vec<String> = three
+        .iter()
+        .filter(|&&i| i != new_lead)
+        .map(|&i| c.ids[i].clone())
+        .collect();
+    want.sort();
+    assert_eq!(followers, want, "{stats}");
 
     // The removed leader, restarted on its old data dir, finds its removal and stops again.
     let from = c.members[lead].log().len();
@@ -818,4 +834,57 @@ fn a_removed_member_gets_410_from_peers() {
     for &i in &two {
         wait_member_list(&c, i, &two);
     }
+}
+
+/// A member joining with `--initial-cluster-state existing` checks the running cluster's
+/// members against its `--initial-cluster` (etcd's `ValidateClusterAndAssignIDs`) and
+/// refuses to start on a mismatch, writing nothing.
+#[test]
+fn joining_with_a_mismatched_initial_cluster_is_refused() {
+    let c = Cluster::start(oxcd(), 1, &args(&[]), false);
+    let peer = new_peer_url();
+    let (_, env) = member_add(&c.members[0].client_url, "m1", &peer, &[entry(&c, 0)]);
+    // The printed ETCD_INITIAL_CLUSTER with a member the cluster does not have.
+    let ghost = new_peer_url();
+    let wrong: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| {
+            if k == "ETCD_INITIAL_CLUSTER" {
+                (k.clone(), format!("{v},m9={ghost}"))
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect();
+    let dir = TempDir::new("mismatch");
+    let data = dir.0.join("data");
+    let client = format!("http://127.0.0.1:{}", free_port());
+    let args: Vec<String> = [
+        "--data-dir",
+        &data.to_string_lossy(),
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut m = Member::new(oxcd(), dir, client, args);
+    m.env = wrong;
+    m.spawn_no_wait();
+    let status = m
+        .wait_exit_status(WAIT)
+        .expect("a mismatched join stops by itself");
+    assert!(!status.success(), "{status:?}");
+    let log = m.log();
+    assert!(log.contains("member count is unequal"), "{log}");
+    assert!(
+        !data.join("member").join("wal").exists(),
+        "a refused join wrote a WAL"
+    );
 }
