@@ -21,6 +21,7 @@ pub mod membership;
 pub mod metrics;
 pub mod raft;
 pub mod server;
+pub mod srv;
 pub mod startup;
 pub mod tls;
 pub mod transport;

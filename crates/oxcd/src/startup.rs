@@ -141,6 +141,21 @@ pub async fn run(opts: ServerOptions, listeners: Listeners) -> anyhow::Result<()
     let client_listeners = bind(&listeners.client, "client traffic").await?;
     let peer_listeners = bind(&listeners.peer, "peers").await?;
     let metrics_listeners = bind(&listeners.metrics, "metrics").await?;
+    // A new member bootstrapped by DNS: the initial cluster comes from the SRV records
+    // (a restarted member is who its WAL says and needs no lookup).
+    let mut opts = opts;
+    if !opts.discovery_srv.is_empty() && !server::has_wal(&opts) {
+        let entries = crate::srv::initial_cluster(
+            &opts.discovery_srv,
+            &opts.discovery_srv_name,
+            &opts.name,
+            &opts.peer_urls,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        opts.initial_cluster = entries;
+        opts.initial_cluster_from_srv = true;
+    }
     // A member joining a running cluster learns its members (and its own ID) from them.
     let remote = if opts.initial_cluster_existing && !server::has_wal(&opts) {
         Some(join_existing(&opts).await?)
@@ -317,6 +332,9 @@ pub fn from_config(
         pre_vote: cfg.pre_vote,
         strict_reconfig_check: cfg.strict_reconfig_check,
         force_new_cluster: cfg.force_new_cluster,
+        discovery_srv: cfg.discovery_srv.clone(),
+        discovery_srv_name: cfg.discovery_srv_name.clone(),
+        initial_cluster_from_srv: false,
         enable_v2: cfg.enable_v2,
         cors: cfg.cors.clone(),
         peer_tls: peer_dial_tls,

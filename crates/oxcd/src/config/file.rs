@@ -170,7 +170,11 @@ const EMBED_KEYS: &[(&str, Ty, Target)] = &[
         Target::Unused,
     ),
     // etcd settings oxcd does not have (as flags they are undefined too).
-    ("discovery-srv-name", Ty::Str, Target::Unsupported),
+    (
+        "discovery-srv-name",
+        Ty::Str,
+        Target::Flag("discovery-srv-name"),
+    ),
     (
         "initial-election-tick-advance",
         Ty::Bool,

@@ -44,6 +44,10 @@ pub struct ServerConfig {
     pub initial_cluster: Vec<(String, Url)>,
     pub initial_cluster_state: String,
     pub initial_cluster_token: String,
+    /// `--discovery-srv`: the initial cluster comes from this domain's SRV records.
+    pub discovery_srv: String,
+    /// `--discovery-srv-name`: suffix of the SRV service names (`_etcd-server-<name>`).
+    pub discovery_srv_name: String,
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
     pub snapshot_count: u64,
@@ -316,7 +320,13 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "discovery-srv",
         Kind::Str,
         "",
-        "DNS srv domain used to bootstrap the cluster (not yet supported).",
+        "DNS srv domain used to bootstrap the cluster.",
+    ),
+    (
+        "discovery-srv-name",
+        Kind::Str,
+        "",
+        "Service name to query when using DNS discovery.",
     ),
     (
         "discovery-fallback",
@@ -753,7 +763,7 @@ fn build(
             "--proxy={proxy} is not supported yet"
         )));
     }
-    for flag in ["discovery", "discovery-srv"] {
+    for flag in ["discovery"] {
         if !defaulted(flag).is_empty() {
             return Err(ConfigError::Invalid(format!(
                 "--{flag} is not supported yet"
@@ -880,7 +890,9 @@ fn build(
             .clone()
             .unwrap_or_else(|| Path::new(&data_dir).join("member").join("wal")),
     );
-    if !has_wal {
+    // With --discovery-srv the initial cluster comes from DNS at start (`crate::srv`), which
+    // checks this member's place in it by resolved address.
+    if !has_wal && !discovery_srv {
         let mut mine: Vec<String> = initial_cluster
             .iter()
             .filter(|(n, _)| *n == name)
@@ -969,6 +981,8 @@ fn build(
         initial_cluster,
         initial_cluster_state: state,
         initial_cluster_token: defaulted("initial-cluster-token"),
+        discovery_srv: defaulted("discovery-srv"),
+        discovery_srv_name: defaulted("discovery-srv-name"),
         heartbeat_interval: Duration::from_millis(heartbeat),
         election_timeout: Duration::from_millis(election),
         snapshot_count: number("snapshot-count")?,
@@ -1424,11 +1438,8 @@ mod tests {
         }
         // A defaulted --initial-cluster does not conflict with discovery, nor an empty one:
         // discovery is then refused as not supported (after the conflict check).
-        for args in [
-            d.to_vec(),
-            srv.to_vec(),
-            [&d[..], &["--initial-cluster="]].concat(),
-        ] {
+        assert!(run(&srv, &[]).is_ok(), "--discovery-srv alone is accepted");
+        for args in [d.to_vec(), [&d[..], &["--initial-cluster="]].concat()] {
             let e = run(&args, &[]).unwrap_err().to_string();
             assert!(e.ends_with("is not supported yet"), "{args:?}: {e}");
         }
@@ -1460,7 +1471,6 @@ mod tests {
                 "discovery: http://127.0.0.1:1/x\ninitial-cluster: default=http://localhost:2380\n",
                 false,
             ),
-            ("d", "discovery-srv: example.com\n", false),
         ] {
             let p = write(n, text);
             let e = run(&["--config-file", p.to_str().unwrap()], &[]).unwrap_err();

@@ -493,6 +493,13 @@ pub struct ServerOptions {
     pub strict_reconfig_check: bool,
     /// `--force-new-cluster`: a restarted member becomes a one-member cluster.
     pub force_new_cluster: bool,
+    /// `--discovery-srv` and `--discovery-srv-name`: the initial cluster comes from DNS.
+    pub discovery_srv: String,
+    pub discovery_srv_name: String,
+    /// `initial_cluster` was built from SRV records: its peer URLs name the records'
+    /// targets, so this member is found in it by name (the records were matched to it by
+    /// resolved address).
+    pub initial_cluster_from_srv: bool,
     /// `--enable-v2`.
     pub enable_v2: bool,
     /// `--cors` origins (empty = all).
@@ -710,6 +717,11 @@ fn open_storage(
     let me = flags_cluster
         .member_by_peer_urls(&opts.peer_urls)
         .filter(|m| m.name == opts.name)
+        .or_else(|| {
+            opts.initial_cluster_from_srv
+                .then(|| flags_cluster.member_by_name(&opts.name))
+                .flatten()
+        })
         .ok_or_else(|| BootstrapError::NotInInitialCluster {
             name: opts.name.clone(),
         })?
