@@ -602,20 +602,7 @@ pub fn parse(
     }
     let get =
         |flag: &str| -> Option<String> { set.get(flag).cloned().or_else(|| env(&env_name(flag))) };
-    let get_bool = |flag: &str| -> Result<bool, ConfigError> {
-        match get(flag) {
-            None => Ok(FLAGS
-                .iter()
-                .find(|f| f.0 == flag)
-                .map(|f| f.2 == "true")
-                .unwrap_or(false)),
-            Some(v) => parse_go_bool(&v).ok_or_else(|| ConfigError::InvalidValue {
-                flag: flag.to_string(),
-                value: v,
-                reason: "parse error".into(),
-            }),
-        }
-    };
+    let get_bool = |flag: &str| flag_bool(&get, flag);
     if get_bool("help")? {
         return Ok(Command::PrintHelp(help_text()));
     }
@@ -649,6 +636,22 @@ pub fn parse(
     build(&get, false).map(|cfg| Command::Run(Box::new(cfg)))
 }
 
+/// A boolean flag's value (`get`: its value, if given), or its default.
+fn flag_bool(get: &dyn Fn(&str) -> Option<String>, flag: &str) -> Result<bool, ConfigError> {
+    match get(flag) {
+        None => Ok(FLAGS
+            .iter()
+            .find(|f| f.0 == flag)
+            .map(|f| f.2 == "true")
+            .unwrap_or(false)),
+        Some(v) => parse_go_bool(&v).ok_or_else(|| ConfigError::InvalidValue {
+            flag: flag.to_string(),
+            value: v,
+            reason: "parse error".into(),
+        }),
+    }
+}
+
 /// Validates the settings (`get`: a flag's value, if given) into a member configuration.
 /// `from_file`: they come from a configuration file, where etcd's rules differ in two
 /// places (an explicit `initial-cluster` is one that differs from the default; a
@@ -657,20 +660,7 @@ fn build(
     get: &dyn Fn(&str) -> Option<String>,
     from_file: bool,
 ) -> Result<ServerConfig, ConfigError> {
-    let get_bool = |flag: &str| -> Result<bool, ConfigError> {
-        match get(flag) {
-            None => Ok(FLAGS
-                .iter()
-                .find(|f| f.0 == flag)
-                .map(|f| f.2 == "true")
-                .unwrap_or(false)),
-            Some(v) => parse_go_bool(&v).ok_or_else(|| ConfigError::InvalidValue {
-                flag: flag.to_string(),
-                value: v,
-                reason: "parse error".into(),
-            }),
-        }
-    };
+    let get_bool = |flag: &str| flag_bool(&get, flag);
     let defaulted = |flag: &str| -> String {
         get(flag).unwrap_or_else(|| {
             FLAGS

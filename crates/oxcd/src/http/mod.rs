@@ -410,13 +410,7 @@ async fn route(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             let body = if matches!(method, Method::POST | Method::PUT) {
-                match Limited::new(req.into_body(), server.max_request_bytes)
-                    .collect()
-                    .await
-                {
-                    Ok(b) => b.to_bytes(),
-                    Err(_) => Bytes::new(),
-                }
+                json_body(server, req).await
             } else {
                 Bytes::new()
             };
@@ -438,6 +432,18 @@ async fn route_peer(server: &Arc<EtcdServer>, req: Request<Incoming>) -> Respons
     }
 }
 
+/// The JSON body of a members or auth API request, up to `--max-request-bytes`; one that
+/// cannot be read is empty (Go's JSON decoder then fails on it, and so does ours).
+async fn json_body(server: &EtcdServer, req: Request<Incoming>) -> Bytes {
+    match Limited::new(req.into_body(), server.max_request_bytes)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    }
+}
+
 async fn auth_entry(
     server: &Arc<EtcdServer>,
     req: Request<Incoming>,
@@ -450,14 +456,7 @@ async fn auth_entry(
         .1
         .is_none();
     let body = if method == Method::PUT {
-        match Limited::new(req.into_body(), server.max_request_bytes)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            // Go's JSON decoder fails on a body it cannot read.
-            Err(_) => Bytes::new(),
-        }
+        json_body(server, req).await
     } else {
         Bytes::new()
     };
