@@ -337,6 +337,10 @@ fn proxy_forwards_watches_survives_a_member_kill_and_answers_as_etcd_when_all_ar
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     let failures = results.lock().unwrap().iter().filter(|(_, ok)| !ok).count();
+    eprintln!(
+        "member {victim} killed; {} writes, {failures} failed",
+        results.lock().unwrap().len()
+    );
     assert!(failures <= 5, "{failures} writes failed around the kill");
     assert_ne!(member_behind(&restarted), victim);
     assert!(
