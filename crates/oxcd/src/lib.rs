@@ -19,6 +19,7 @@ pub mod failstop;
 pub mod http;
 pub mod membership;
 pub mod metrics;
+pub mod proxy;
 pub mod raft;
 pub mod server;
 pub mod srv;

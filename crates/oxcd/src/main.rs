@@ -57,7 +57,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(oxcd::startup::run(opts, listeners)) {
+    let proxy = match oxcd::startup::proxy_setup(&cfg, &opts) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("oxcd: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let run = async move {
+        match proxy {
+            Some(setup) => oxcd::proxy::run(setup, listeners.client).await,
+            None => oxcd::startup::run(opts, listeners).await,
+        }
+    };
+    match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -47,6 +47,29 @@ pub async fn initial_cluster(
     name: &str,
     peer_urls: &[String],
 ) -> Result<Vec<(String, String)>, String> {
+    let entries = cluster(domain, service_name, name, peer_urls).await?;
+    if !entries.iter().any(|(n, _)| n == name) {
+        return Err(format!(
+            "cannot find local etcd member {name:?} in SRV records"
+        ));
+    }
+    Ok(entries)
+}
+
+/// The peer URLs of `domain`'s SRV records (a proxy's bootstrap: it is no member itself).
+pub async fn peer_urls(domain: &str, service_name: &str) -> Result<Vec<String>, String> {
+    let entries = cluster(domain, service_name, "", &[]).await?;
+    Ok(entries.into_iter().map(|(_, url)| url).collect())
+}
+
+/// The `(name, peer URL)` entries of `domain`'s SRV records, the one of this member (found
+/// by the address its `peer_urls` resolve to) named `name`.
+async fn cluster(
+    domain: &str,
+    service_name: &str,
+    name: &str,
+    peer_urls: &[String],
+) -> Result<Vec<(String, String)>, String> {
     let resolver = hickory_resolver::TokioResolver::builder_tokio()
         .map_err(|e| format!("reading the system's resolver configuration: {e}"))?
         .build();
@@ -113,11 +136,6 @@ pub async fn initial_cluster(
         } else {
             errors.join("; ")
         });
-    }
-    if !entries.iter().any(|(n, _)| n == name) {
-        return Err(format!(
-            "cannot find local etcd member {name:?} in SRV records"
-        ));
     }
     Ok(entries)
 }

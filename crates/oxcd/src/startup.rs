@@ -36,7 +36,10 @@ pub struct Listeners {
     pub metrics: Vec<Listen>,
 }
 
-async fn bind(list: &[Listen], what: &str) -> anyhow::Result<Vec<(TcpListener, Listen)>> {
+pub(crate) async fn bind(
+    list: &[Listen],
+    what: &str,
+) -> anyhow::Result<Vec<(TcpListener, Listen)>> {
     let mut out = Vec::new();
     for l in list {
         let sock = listen(l.addr).with_context(|| format!("listen tcp {}: bind failed", l.addr))?;
@@ -196,7 +199,7 @@ pub async fn run(opts: ServerOptions, listeners: Listeners) -> anyhow::Result<()
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -217,6 +220,18 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// `--proxy on|readonly` (or a data dir initialised as a proxy): the proxy's settings, `None`
+/// for a member.
+pub fn proxy_setup(
+    cfg: &crate::config::ServerConfig,
+    opts: &ServerOptions,
+) -> anyhow::Result<Option<crate::proxy::Setup>> {
+    if !crate::proxy::wanted(cfg).map_err(anyhow::Error::msg)? {
+        return Ok(None);
+    }
+    crate::proxy::Setup::from_config(cfg, opts.peer_tls.clone()).map(Some)
 }
 
 /// Splits a parsed configuration into the member's options and its listen addresses; a

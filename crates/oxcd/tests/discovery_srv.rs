@@ -5,7 +5,8 @@
 //! `_etcd-server._tcp.<domain>` (and `-ssl`, `-<srv-name>`) are the initial cluster, a
 //! member finds itself by resolved address and port, a member not in the records exits with
 //! `cannot find local etcd member "<name>" in SRV records`, and clients find the members
-//! with etcdctl's own `--discovery-srv` (`_etcd-client._tcp`).
+//! with etcdctl's own `--discovery-srv` (`_etcd-client._tcp`); a proxy with `--discovery-srv`
+//! takes its peers from the same records.
 
 use std::path::Path;
 use std::process::Command;
@@ -47,6 +48,14 @@ done
 echo "MEMBERS_BEGIN"; echo "$out"; echo "MEMBERS_END"
 ETCDCTL_API=2 etcdctl --discovery-srv example.com --insecure-discovery set /srv/k v >/dev/null 2>&1
 echo "GET $(curl -s http://127.0.0.12:2379/v2/keys/srv/k?quorum=true)"
+# A proxy bootstrapped by the same records forwards to the members.
+"$OXCD" --proxy on --discovery-srv example.com --data-dir "$T/proxy" \
+  --listen-client-urls http://127.0.0.30:2379 >"$T/proxy.log" 2>&1 &
+p=""
+for _ in $(seq 1 100); do
+  p=$(curl -s http://127.0.0.30:2379/v2/keys/srv/k 2>/dev/null) && echo "$p" | grep -q '"value"' && break; sleep 0.1
+done
+echo "PROXY $p"
 # Not in the records: refused.
 "$OXCD" --name infra3 --data-dir "$T/infra3" --discovery-srv example.com \
   --initial-advertise-peer-urls http://infra3.example.com:2380 --listen-peer-urls http://127.0.0.13:2380 \
@@ -122,6 +131,11 @@ fn three_members_bootstrap_from_dns_srv_records() {
             "infra{i}:\n{log}"
         );
     }
+    assert!(
+        stdout.contains(r#"PROXY {"action":"get","node":{"key":"/srv/k","value":"v""#),
+        "a --discovery-srv proxy: {context}\nproxy:\n{}",
+        logs("proxy.log")
+    );
     assert!(stdout.contains("INFRA3_EXIT 1"), "{context}");
     assert!(
         stdout.contains(r#"cannot find local etcd member "infra3" in SRV records"#),

@@ -57,8 +57,8 @@ enum Target {
     Flag(&'static str),
     /// An etcd setting oxcd has no flag for: refused when given a value.
     Unsupported,
-    /// Read and type-checked, with no effect: the proxy timeouts, which etcd uses only in
-    /// proxy mode (refused by oxcd's `proxy` check).
+    /// Read and type-checked, with no effect (the transport security sections, whose
+    /// keys are decoded one by one).
     Unused,
 }
 
@@ -251,11 +251,31 @@ const SECURITY_KEYS: &[(&str, Ty, &str)] = &[
 /// Keys of etcdmain's `configProxy` (decoded in a second pass, with go-yaml's conversion of
 /// numbers and booleans to strings).
 const PROXY_KEYS: &[(&str, Ty, Target)] = &[
-    ("proxy-failure-wait", Ty::Uint, Target::Unused),
-    ("proxy-refresh-interval", Ty::Uint, Target::Unused),
-    ("proxy-dial-timeout", Ty::Uint, Target::Unused),
-    ("proxy-write-timeout", Ty::Uint, Target::Unused),
-    ("proxy-read-timeout", Ty::Uint, Target::Unused),
+    (
+        "proxy-failure-wait",
+        Ty::Uint,
+        Target::Flag("proxy-failure-wait"),
+    ),
+    (
+        "proxy-refresh-interval",
+        Ty::Uint,
+        Target::Flag("proxy-refresh-interval"),
+    ),
+    (
+        "proxy-dial-timeout",
+        Ty::Uint,
+        Target::Flag("proxy-dial-timeout"),
+    ),
+    (
+        "proxy-write-timeout",
+        Ty::Uint,
+        Target::Flag("proxy-write-timeout"),
+    ),
+    (
+        "proxy-read-timeout",
+        Ty::Uint,
+        Target::Flag("proxy-read-timeout"),
+    ),
     ("proxy", Ty::Str, Target::Flag("proxy")),
     (
         "discovery-fallback",

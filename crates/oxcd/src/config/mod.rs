@@ -83,8 +83,38 @@ pub struct ServerConfig {
     /// `--config-file`: the file the configuration was read from (flags and `ETCD_*`
     /// variables were ignored).
     pub config_file: Option<String>,
+    /// `--proxy` and the `--proxy-*` timings (etcd 3.4's v2 proxy).
+    pub proxy: ProxyConfig,
     /// Settings accepted with a caveat the operator should see: logged at start.
     pub warnings: Vec<String>,
+}
+
+/// `--proxy`: whether this process is a v2 proxy instead of a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// A member (the default).
+    Off,
+    /// A proxy answering every method but GET with 501.
+    Readonly,
+    /// A proxy forwarding every request.
+    On,
+}
+
+/// The proxy's settings: `--proxy` and the `--proxy-*` durations (flags in milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub mode: ProxyMode,
+    /// `--proxy-failure-wait`: how long an endpoint that failed is skipped.
+    pub failure_wait: Duration,
+    /// `--proxy-refresh-interval`: how often the members are asked for the endpoints.
+    pub refresh_interval: Duration,
+    /// `--proxy-dial-timeout`: connecting to an endpoint (0: no limit).
+    pub dial_timeout: Duration,
+    /// `--proxy-write-timeout`: each write to an endpoint (0: no limit).
+    pub write_timeout: Duration,
+    /// `--proxy-read-timeout`: each read from an endpoint (0: no limit, the default: watches
+    /// wait for events as long as they need).
+    pub read_timeout: Duration,
 }
 
 /// One side's TLS settings, as etcd's `transport.TLSInfo` and its auto-TLS flag.
@@ -362,7 +392,37 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "proxy",
         Kind::Str,
         "off",
-        "Proxy mode setting ('off', 'readonly' or 'on') (only 'off' is supported yet).",
+        "Proxy mode setting ('off', 'readonly' or 'on').",
+    ),
+    (
+        "proxy-failure-wait",
+        Kind::Str,
+        "5000",
+        "Time (in milliseconds) an endpoint will be held in a failed state.",
+    ),
+    (
+        "proxy-refresh-interval",
+        Kind::Str,
+        "30000",
+        "Time (in milliseconds) of the endpoints refresh interval.",
+    ),
+    (
+        "proxy-dial-timeout",
+        Kind::Str,
+        "1000",
+        "Time (in milliseconds) for a dial to timeout.",
+    ),
+    (
+        "proxy-write-timeout",
+        Kind::Str,
+        "5000",
+        "Time (in milliseconds) for a write to timeout.",
+    ),
+    (
+        "proxy-read-timeout",
+        Kind::Str,
+        "0",
+        "Time (in milliseconds) for a read to timeout.",
     ),
     (
         "pre-vote",
@@ -740,19 +800,8 @@ fn build(
             reason: "valid values include new,existing".into(),
         });
     }
-    let proxy = defaulted("proxy");
-    if !matches!(proxy.as_str(), "off" | "readonly" | "on") {
-        return Err(ConfigError::InvalidValue {
-            flag: "proxy".into(),
-            value: proxy,
-            reason: "valid values include off,readonly,on".into(),
-        });
-    }
-    if proxy != "off" {
-        return Err(ConfigError::Invalid(format!(
-            "--proxy={proxy} is not supported yet"
-        )));
-    }
+    let proxy = proxy_config(&defaulted)?;
+    let is_proxy = proxy.mode != ProxyMode::Off;
     for flag in ["discovery"] {
         if !defaulted(flag).is_empty() {
             return Err(ConfigError::Invalid(format!(
@@ -836,7 +885,12 @@ fn build(
         }
     }
     let advertise_client_urls = urls("advertise-client-urls")?;
-    if !from_file && get("listen-client-urls").is_some() && get("advertise-client-urls").is_none() {
+    // A proxy advertises nothing (etcd's `mayBeProxy`).
+    if !from_file
+        && !is_proxy
+        && get("listen-client-urls").is_some()
+        && get("advertise-client-urls").is_none()
+    {
         return Err(ConfigError::Invalid(
             "--advertise-client-urls is required when --listen-client-urls is set explicitly"
                 .into(),
@@ -880,9 +934,10 @@ fn build(
             .clone()
             .unwrap_or_else(|| Path::new(&data_dir).join("member").join("wal")),
     );
-    // With --discovery-srv the initial cluster comes from DNS at start (`crate::srv`), which
+    // A proxy is no member: --initial-cluster only names the peers it asks. With
+    // --discovery-srv the initial cluster comes from DNS at start (`crate::srv`), which
     // checks this member's place in it by resolved address.
-    if !has_wal && !discovery_srv {
+    if !has_wal && !is_proxy && !discovery_srv {
         let mut mine: Vec<String> = initial_cluster
             .iter()
             .filter(|(n, _)| *n == name)
@@ -993,8 +1048,69 @@ fn build(
         cipher_suites,
         peer_skip_client_san: get_bool("experimental-peer-skip-client-san-verification")?,
         config_file: None,
+        proxy,
         warnings,
     })
+}
+
+/// `--proxy` and the `--proxy-*` durations, validated as etcd's flags: the mode is one of
+/// three words, each duration a Go `uint` in milliseconds (`strconv.ParseUint(s, 0, 64)`:
+/// decimal, or `0x`/`0o`/`0b`/leading-`0` prefixed).
+fn proxy_config(defaulted: &dyn Fn(&str) -> String) -> Result<ProxyConfig, ConfigError> {
+    let mode = match defaulted("proxy").as_str() {
+        "off" => ProxyMode::Off,
+        "readonly" => ProxyMode::Readonly,
+        "on" => ProxyMode::On,
+        other => {
+            return Err(ConfigError::InvalidValue {
+                flag: "proxy".into(),
+                value: other.to_string(),
+                reason: "invalid value".into(),
+            })
+        }
+    };
+    let ms = |flag: &str| -> Result<Duration, ConfigError> {
+        let v = defaulted(flag);
+        go_parse_uint(&v)
+            .map(Duration::from_millis)
+            .map_err(|reason| ConfigError::InvalidValue {
+                flag: flag.to_string(),
+                value: v,
+                reason: reason.into(),
+            })
+    };
+    Ok(ProxyConfig {
+        mode,
+        failure_wait: ms("proxy-failure-wait")?,
+        refresh_interval: ms("proxy-refresh-interval")?,
+        dial_timeout: ms("proxy-dial-timeout")?,
+        write_timeout: ms("proxy-write-timeout")?,
+        read_timeout: ms("proxy-read-timeout")?,
+    })
+}
+
+/// Go's `strconv.ParseUint(s, 0, 64)`, with the error words Go's flag package prints: an
+/// underscore may stand between digits, or after a base prefix.
+fn go_parse_uint(s: &str) -> Result<u64, &'static str> {
+    if s.starts_with('_') || s.ends_with('_') || s.contains("__") {
+        return Err("parse error");
+    }
+    let (digits, radix) = if let Some(r) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        (r, 16)
+    } else if let Some(r) = s.strip_prefix("0o").or_else(|| s.strip_prefix("0O")) {
+        (r, 8)
+    } else if let Some(r) = s.strip_prefix("0b").or_else(|| s.strip_prefix("0B")) {
+        (r, 2)
+    } else if s.len() > 1 && s.starts_with('0') {
+        (&s[1..], 8)
+    } else {
+        (s, 10)
+    };
+    let digits = digits.replace('_', "");
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err("parse error");
+    }
+    u64::from_str_radix(&digits, radix).map_err(|_| "value out of range")
 }
 
 /// etcd's parse of `--auto-compaction-retention`: a non-negative integer (hours in periodic
@@ -1401,6 +1517,117 @@ mod tests {
         let d = run(&[], &[]).unwrap();
         assert!(d.strict_reconfig_check && d.enable_v2 && d.pre_vote);
         assert!(d.cors.is_empty() && d.listen_metrics_urls.is_empty());
+    }
+
+    #[test]
+    fn proxy_flags_as_etcd() {
+        let d = run(&[], &[]).unwrap().proxy;
+        assert_eq!(
+            d,
+            ProxyConfig {
+                mode: ProxyMode::Off,
+                failure_wait: Duration::from_millis(5000),
+                refresh_interval: Duration::from_millis(30000),
+                dial_timeout: Duration::from_millis(1000),
+                write_timeout: Duration::from_millis(5000),
+                read_timeout: Duration::ZERO,
+            }
+        );
+        // A proxy is no member: it needs no advertised client URL and need not be named in
+        // --initial-cluster.
+        let c = run(
+            &[
+                "--proxy",
+                "on",
+                "--listen-client-urls",
+                "http://127.0.0.1:2379",
+                "--initial-cluster",
+                "a=http://127.0.0.1:1,b=http://127.0.0.1:2",
+                "--proxy-failure-wait=0x10",
+                "--proxy-refresh-interval",
+                "010",
+            ],
+            &[
+                ("ETCD_PROXY_DIAL_TIMEOUT", "7"),
+                ("ETCD_PROXY_READ_TIMEOUT", "9"),
+                ("ETCD_PROXY_WRITE_TIMEOUT", "0b11"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.proxy.mode, ProxyMode::On);
+        assert_eq!(c.proxy.failure_wait, Duration::from_millis(16));
+        assert_eq!(c.proxy.refresh_interval, Duration::from_millis(8));
+        assert_eq!(c.proxy.dial_timeout, Duration::from_millis(7));
+        assert_eq!(c.proxy.read_timeout, Duration::from_millis(9));
+        assert_eq!(c.proxy.write_timeout, Duration::from_millis(3));
+        assert_eq!(
+            run(&[], &[("ETCD_PROXY", "readonly")]).unwrap().proxy.mode,
+            ProxyMode::Readonly
+        );
+        // A member still needs both.
+        assert!(run(&["--listen-client-urls", "http://127.0.0.1:2379"], &[]).is_err());
+        // etcd's words (Go's flag package).
+        for (args, want) in [
+            (
+                &["--proxy", "bogus"][..],
+                "invalid value \"bogus\" for flag -proxy: invalid value",
+            ),
+            (
+                &["--proxy", "ON"],
+                "invalid value \"ON\" for flag -proxy: invalid value",
+            ),
+            (
+                &["--proxy-failure-wait", "x"],
+                "invalid value \"x\" for flag -proxy-failure-wait: parse error",
+            ),
+            (
+                &["--proxy-read-timeout", "-1"],
+                "invalid value \"-1\" for flag -proxy-read-timeout: parse error",
+            ),
+            (
+                &["--proxy-dial-timeout", "1.5"],
+                "invalid value \"1.5\" for flag -proxy-dial-timeout: parse error",
+            ),
+            (
+                &["--proxy-write-timeout", "99999999999999999999"],
+                "invalid value \"99999999999999999999\" for flag -proxy-write-timeout: value out of range",
+            ),
+            (
+                &["--proxy-refresh-interval", ""],
+                "invalid value \"\" for flag -proxy-refresh-interval: parse error",
+            ),
+        ] {
+            let e = run(args, &[]).unwrap_err();
+            assert_eq!(e.to_string(), want, "{args:?}");
+            assert_eq!(e.exit_code(), 2);
+        }
+        assert_eq!(go_parse_uint("0"), Ok(0));
+        assert_eq!(go_parse_uint("0o17"), Ok(15));
+        assert_eq!(go_parse_uint("0x1_0"), Ok(16));
+        assert_eq!(go_parse_uint("1_0"), Ok(10));
+        assert_eq!(go_parse_uint("0x_10"), Ok(16));
+        assert_eq!(go_parse_uint("1__0"), Err("parse error"));
+        assert_eq!(go_parse_uint("10_"), Err("parse error"));
+        assert_eq!(go_parse_uint("0x"), Err("parse error"));
+        assert_eq!(go_parse_uint("09"), Err("parse error"));
+        assert_eq!(go_parse_uint("+5"), Err("parse error"));
+    }
+
+    #[test]
+    fn proxy_keys_of_a_config_file_are_used() {
+        let p = std::env::temp_dir().join(format!("oxcd-proxy-{}.yml", std::process::id()));
+        std::fs::write(
+            &p,
+            "proxy: 'readonly'\nproxy-failure-wait: 100\nproxy-read-timeout: 0x10\ninitial-cluster: a=http://127.0.0.1:1\n",
+        )
+        .unwrap();
+        let c = run(&["--config-file", p.to_str().unwrap()], &[]);
+        let _ = std::fs::remove_file(&p);
+        let c = c.unwrap();
+        assert_eq!(c.proxy.mode, ProxyMode::Readonly);
+        assert_eq!(c.proxy.failure_wait, Duration::from_millis(100));
+        assert_eq!(c.proxy.read_timeout, Duration::from_millis(16));
+        assert_eq!(c.proxy.dial_timeout, Duration::from_millis(1000));
     }
 
     #[test]

@@ -225,7 +225,18 @@ pub fn peer_members(server: &EtcdServer, method: &Method) -> Response<RespBody> 
         .members
         .read()
         .unwrap_or_else(|e| e.into_inner());
-    let list: Vec<_> = members.values().map(member_json).collect();
+    // etcd's `membership.Member` as JSON: the ID a number (the client API shows it in hex).
+    let list: Vec<_> = members
+        .values()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "peerURLs": m.peer_urls,
+                "name": m.name,
+                "clientURLs": m.client_urls,
+            })
+        })
+        .collect();
     let mut resp = json_response(format!("{}\n", serde_json::Value::Array(list)));
     resp.headers_mut().insert(
         super::names::X_ETCD_CLUSTER_ID,

@@ -518,7 +518,8 @@ pub async fn fetch_members(
         .to_bytes();
     #[derive(serde::Deserialize)]
     struct Listed {
-        id: String,
+        /// A number, as etcd sends it (earlier oxcd builds sent it in hex: still read).
+        id: serde_json::Value,
         #[serde(default)]
         name: String,
         #[serde(rename = "peerURLs", default)]
@@ -530,7 +531,12 @@ pub async fn fetch_members(
         serde_json::from_slice(&body).map_err(|e| format!("bad member list: {e}"))?;
     let mut members = Vec::with_capacity(listed.len());
     for m in listed {
-        let id = u64::from_str_radix(&m.id, 16).map_err(|_| format!("bad member ID {:?}", m.id))?;
+        let id = match &m.id {
+            serde_json::Value::Number(n) => n.as_u64(),
+            serde_json::Value::String(s) => u64::from_str_radix(s, 16).ok(),
+            _ => None,
+        }
+        .ok_or_else(|| format!("bad member ID {}", m.id))?;
         members.push(crate::membership::Member {
             id,
             name: m.name,
