@@ -135,7 +135,7 @@ fn form_cluster(service: &str, durl: &str, extra: [&[&str]; 3]) -> Vec<(Member, 
         .iter()
         .enumerate()
         .map(|(i, (_, peer))| {
-            let id = oxcd::membership::compute_member_id(&[peer.clone()], durl, None);
+            let id = oxcd::membership::compute_member_id(std::slice::from_ref(peer), durl, None);
             (
                 oxcd::membership::id_to_string(id),
                 format!("infra{i}"),
