@@ -65,10 +65,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let client_listen = listeners.client.clone();
+    let peer_tls = opts.peer_tls.clone();
     let run = async move {
         match proxy {
             Some(setup) => oxcd::proxy::run(setup, listeners.client).await,
-            None => oxcd::startup::run(opts, listeners).await,
+            None => match oxcd::startup::run(opts, listeners).await {
+                // `--discovery-fallback proxy` and a full discovery cluster: a proxy of the
+                // discovered cluster instead, on the same client URLs (the member's
+                // listeners are closed by now).
+                Err(e) => match e.downcast::<oxcd::discovery::FallbackToProxy>() {
+                    Ok(fallback) => {
+                        let mut setup = oxcd::proxy::Setup::from_config(&cfg, peer_tls)?;
+                        setup.bootstrap_peer_urls = fallback.peer_urls;
+                        oxcd::proxy::run(setup, client_listen).await
+                    }
+                    Err(e) => Err(e),
+                },
+                ok => ok,
+            },
         }
     };
     match runtime.block_on(run) {

@@ -139,14 +139,72 @@ async fn join_existing(opts: &ServerOptions) -> anyhow::Result<server::RemoteClu
     })
 }
 
+/// `--discovery`: a new member (no WAL) registers with the discovery service and takes
+/// the initial cluster it returns (etcd's `NewServer` with `ShouldDiscover`); a member with
+/// a WAL ignores the discovery URL, as etcd does.
+async fn discover(mut opts: ServerOptions) -> anyhow::Result<ServerOptions> {
+    use crate::discovery;
+    let Some(settings) = opts.discovery.clone() else {
+        return Ok(opts);
+    };
+    tracing::info!(discovery_url = %settings.url, "discovery URL= {}", settings.url);
+    if !settings.proxy.is_empty() {
+        tracing::info!(discovery_proxy = %settings.proxy, "discovery proxy = {}", settings.proxy);
+    }
+    if server::has_wal(&opts) {
+        let wal = opts
+            .wal_dir
+            .clone()
+            .unwrap_or_else(|| opts.data_dir.join("member").join("wal"));
+        tracing::warn!(
+            "discovery token ignored since a cluster has already been initialized. Valid log found at {:?}",
+            wal.display().to_string()
+        );
+        return Ok(opts);
+    }
+    if opts.initial_cluster_existing {
+        anyhow::bail!("discovery URL should not be set when joining existing initial cluster");
+    }
+    // This member's ID as etcd derives it for discovery: its peer URLs and the discovery
+    // URL as the cluster token (`opts.initial_cluster_token` is the discovery URL).
+    let id =
+        crate::membership::compute_member_id(&opts.peer_urls, &opts.initial_cluster_token, None);
+    let config = discovery::urls_map_string(&opts.initial_cluster);
+    let found = match discovery::join_cluster(&settings, id, &config).await {
+        Ok(found) => found,
+        Err(discovery::DiscoveryError::FullCluster) if settings.fallback_proxy => {
+            return Err(discovery::fallback_to_proxy(&settings).await);
+        }
+        Err(e) => {
+            discovery::log_failure(
+                &e,
+                &settings,
+                &opts.name,
+                &opts.data_dir.display().to_string(),
+            );
+            anyhow::bail!("{}", discovery::join_failed(&e));
+        }
+    };
+    let entries = discovery::parse_cluster(&found).map_err(anyhow::Error::msg)?;
+    if discovery::duplicate_url(&entries) {
+        anyhow::bail!(
+            "discovery cluster {} has duplicate url",
+            discovery::urls_map_string(&entries)
+        );
+    }
+    tracing::info!(initial_cluster = %found, "discovery: the initial cluster is complete");
+    opts.initial_cluster = entries;
+    Ok(opts)
+}
+
 /// Runs a member until a shutdown signal.
 pub async fn run(opts: ServerOptions, listeners: Listeners) -> anyhow::Result<()> {
     let client_listeners = bind(&listeners.client, "client traffic").await?;
     let peer_listeners = bind(&listeners.peer, "peers").await?;
     let metrics_listeners = bind(&listeners.metrics, "metrics").await?;
+    let mut opts = discover(opts).await?;
     // A new member bootstrapped by DNS: the initial cluster comes from the SRV records
     // (a restarted member is who its WAL says and needs no lookup).
-    let mut opts = opts;
     if !opts.discovery_srv.is_empty() && !server::has_wal(&opts) {
         let entries = crate::srv::initial_cluster(
             &opts.discovery_srv,
@@ -355,6 +413,7 @@ pub fn from_config(
         peer_tls: peer_dial_tls,
         client_cert_auth: cfg.client_tls.client_cert_auth,
         peer_san_check: !cfg.peer_skip_client_san,
+        discovery: cfg.discovery.clone(),
     };
     let listeners = Listeners {
         client: listens(&cfg.listen_client_urls, &client_server_tls)?,

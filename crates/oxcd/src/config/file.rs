@@ -1237,10 +1237,7 @@ listen-metrics-urls: http://127.0.0.1:12381
                 "listen-client-urls: unix://x:1",
                 "--listen-client-urls=unix://x:1",
             ),
-            (
-                "discovery: http://127.0.0.1:1/token",
-                "--discovery=http://127.0.0.1:1/token",
-            ),
+            ("discovery-srv: example.com", "--discovery-srv=example.com"),
             (
                 "client-transport-security:\n  cert-file: c.pem",
                 "--cert-file=c.pem",

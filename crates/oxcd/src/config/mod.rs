@@ -87,6 +87,10 @@ pub struct ServerConfig {
     pub proxy: ProxyConfig,
     /// Settings accepted with a caveat the operator should see: logged at start.
     pub warnings: Vec<String>,
+    /// `--discovery` (with `--discovery-proxy`, `--discovery-fallback`): bootstrap through
+    /// a discovery service. `initial_cluster` is then this member alone and
+    /// `initial_cluster_token` the discovery URL, as etcd sets them.
+    pub discovery: Option<crate::discovery::Settings>,
 }
 
 /// `--proxy`: whether this process is a v2 proxy instead of a member.
@@ -344,7 +348,7 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "discovery",
         Kind::Str,
         "",
-        "Discovery URL used to bootstrap the cluster (not yet supported).",
+        "Discovery URL used to bootstrap the cluster.",
     ),
     (
         "discovery-srv",
@@ -368,7 +372,7 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "discovery-proxy",
         Kind::Str,
         "",
-        "HTTP proxy to use for traffic to discovery service (refused: discovery is not supported yet).",
+        "HTTP proxy to use for traffic to discovery service.",
     ),
     (
         "strict-reconfig-check",
@@ -802,13 +806,6 @@ fn build(
     }
     let proxy = proxy_config(&defaulted)?;
     let is_proxy = proxy.mode != ProxyMode::Off;
-    for flag in ["discovery"] {
-        if !defaulted(flag).is_empty() {
-            return Err(ConfigError::Invalid(format!(
-                "--{flag} is not supported yet"
-            )));
-        }
-    }
     let listen_client_urls = urls("listen-client-urls")?;
     let listen_peer_urls = urls("listen-peer-urls")?;
     let tls_info = |prefix: &str, crl: &str, auto: &str| -> Result<TlsInfo, ConfigError> {
@@ -900,6 +897,15 @@ fn build(
     // etcd: `--name x` alone makes the cluster `x=<advertised peer URLs>`; the default
     // name keeps the default cluster (which then must match the advertised peer URLs).
     if cluster_str == DEFAULT_INITIAL_CLUSTER && name != "default" {
+        cluster_str = peer_urls
+            .iter()
+            .map(|u| format!("{name}={u}"))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    // etcd (`PeerURLsMapAndToken`): with discovery, the cluster to start from is this
+    // member alone, and the discovery URL is the token its ID is derived with.
+    if discovery {
         cluster_str = peer_urls
             .iter()
             .map(|u| format!("{name}={u}"))
@@ -1025,7 +1031,11 @@ fn build(
         initial_advertise_peer_urls: peer_urls,
         initial_cluster,
         initial_cluster_state: state,
-        initial_cluster_token: defaulted("initial-cluster-token"),
+        initial_cluster_token: if discovery {
+            defaulted("discovery")
+        } else {
+            defaulted("initial-cluster-token")
+        },
         discovery_srv: defaulted("discovery-srv"),
         discovery_srv_name: defaulted("discovery-srv-name"),
         heartbeat_interval: Duration::from_millis(heartbeat),
@@ -1050,6 +1060,11 @@ fn build(
         config_file: None,
         proxy,
         warnings,
+        discovery: discovery.then(|| crate::discovery::Settings {
+            url: defaulted("discovery"),
+            proxy: defaulted("discovery-proxy"),
+            fallback_proxy: defaulted("discovery-fallback") == "proxy",
+        }),
     })
 }
 
@@ -1165,9 +1180,6 @@ fn refuse_unsupported(value: &dyn Fn(&str) -> String) -> Result<(), ConfigError>
     let refuse = |what: &str| Err(ConfigError::Invalid(what.to_string()));
     if value("quota-backend-bytes") != "0" {
         return refuse("--quota-backend-bytes limits the v3 backend, which oxcd does not have yet");
-    }
-    if !value("discovery-proxy").is_empty() {
-        return refuse("--discovery-proxy: discovery is not supported yet");
     }
     match value("discovery-fallback").as_str() {
         "exit" | "proxy" => {}
@@ -1489,7 +1501,6 @@ mod tests {
     fn flags_oxcd_cannot_honour_are_refused() {
         for args in [
             &["--quota-backend-bytes", "1000"][..],
-            &["--discovery-proxy", "http://127.0.0.1:1"],
             &["--discovery-fallback", "bogus"],
             &["--auto-compaction-retention", "1x"],
             &["--auto-compaction-retention", "-1"],
@@ -1653,13 +1664,50 @@ mod tests {
             assert_eq!(e.to_string(), conflict, "{args:?} {env:?}");
             assert_eq!(e.exit_code(), 1);
         }
-        // A defaulted --initial-cluster does not conflict with discovery, nor an empty one:
-        // discovery is then refused as not supported (after the conflict check).
-        assert!(run(&srv, &[]).is_ok(), "--discovery-srv alone is accepted");
+        // A defaulted --initial-cluster does not conflict with discovery, nor an empty one.
+        // Discovery then starts from this member alone, with the discovery URL as the
+        // cluster token (etcd's `PeerURLsMapAndToken`); DNS discovery is refused.
         for args in [d.to_vec(), [&d[..], &["--initial-cluster="]].concat()] {
-            let e = run(&args, &[]).unwrap_err().to_string();
-            assert!(e.ends_with("is not supported yet"), "{args:?}: {e}");
+            let c = run(&args, &[]).unwrap();
+            let settings = c.discovery.expect("discovery settings");
+            assert_eq!(settings.url, "http://127.0.0.1:1/token");
+            assert_eq!(settings.proxy, "");
+            assert!(settings.fallback_proxy, "etcd's default fallback is proxy");
+            assert_eq!(c.initial_cluster_token, "http://127.0.0.1:1/token");
+            assert_eq!(c.initial_cluster.len(), 1);
+            assert_eq!(c.initial_cluster[0].0, "default");
+            assert_eq!(c.initial_cluster[0].1.to_string(), "http://localhost:2380");
         }
+        assert!(run(&srv, &[]).is_ok(), "--discovery-srv alone is accepted");
+        // Without --discovery there are no discovery settings, whatever the others say.
+        let c = run(&["--discovery-proxy", "http://127.0.0.1:1"], &[]).unwrap();
+        assert!(c.discovery.is_none());
+        assert_eq!(c.initial_cluster_token, "etcd-cluster");
+    }
+
+    #[test]
+    fn discovery_flags_and_variables() {
+        let c = run(
+            &[
+                "--name",
+                "infra1",
+                "--initial-advertise-peer-urls",
+                "http://10.0.1.11:2380",
+                "--discovery-fallback",
+                "exit",
+                "--discovery-proxy",
+                "http://127.0.0.1:3128",
+            ],
+            &[("ETCD_DISCOVERY", "https://disc.example/v2/keys/discovery/t")],
+        )
+        .unwrap();
+        let settings = c.discovery.unwrap();
+        assert_eq!(settings.url, "https://disc.example/v2/keys/discovery/t");
+        assert_eq!(settings.proxy, "http://127.0.0.1:3128");
+        assert!(!settings.fallback_proxy);
+        assert_eq!(c.initial_cluster.len(), 1);
+        assert_eq!(c.initial_cluster[0].0, "infra1");
+        assert_eq!(c.initial_cluster[0].1.to_string(), "http://10.0.1.11:2380");
     }
 
     #[test]
@@ -1671,37 +1719,48 @@ mod tests {
             p
         };
         let conflict = "error verifying flags, multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\" or \"discovery-srv\". See 'etcd --help'.";
-        for (n, text, conflicts) in [
+        for (n, text) in [
             (
                 "a",
                 "discovery: http://127.0.0.1:1/x\ninitial-cluster: infra=http://localhost:2380\n",
-                true,
             ),
             (
                 "b",
                 "discovery: http://127.0.0.1:1/x\ndiscovery-srv: example.com\n",
-                true,
-            ),
-            // etcd compares the file's cluster with its default: that value is "not set".
-            (
-                "c",
-                "discovery: http://127.0.0.1:1/x\ninitial-cluster: default=http://localhost:2380\n",
-                false,
             ),
         ] {
             let p = write(n, text);
             let e = run(&["--config-file", p.to_str().unwrap()], &[]).unwrap_err();
             let _ = std::fs::remove_file(&p);
             assert_eq!(e.exit_code(), 1);
-            if conflicts {
-                assert_eq!(e.to_string(), conflict, "{text}");
-            } else {
-                assert!(
-                    e.to_string().ends_with("is not supported yet"),
-                    "{text}: {e}"
-                );
-            }
+            assert_eq!(e.to_string(), conflict, "{text}");
         }
+    }
+
+    #[test]
+    fn discovery_keys_in_a_config_file() {
+        // etcd compares the file's cluster with its default: that value is "not set", so
+        // it does not conflict with discovery.
+        let p = std::env::temp_dir().join(format!("oxcd-disc-{}.yml", std::process::id()));
+        std::fs::write(
+            &p,
+            "name: infra2\ninitial-cluster: default=http://localhost:2380\ndiscovery: http://127.0.0.1:1/x\ndiscovery-proxy: http://127.0.0.1:2\ndiscovery-fallback: 'exit'\n",
+        )
+        .unwrap();
+        let c = run(&["--config-file", p.to_str().unwrap()], &[]);
+        let _ = std::fs::remove_file(&p);
+        let c = c.unwrap();
+        let settings = c.discovery.unwrap();
+        assert_eq!(
+            settings,
+            crate::discovery::Settings {
+                url: "http://127.0.0.1:1/x".into(),
+                proxy: "http://127.0.0.1:2".into(),
+                fallback_proxy: false,
+            }
+        );
+        assert_eq!(c.initial_cluster_token, "http://127.0.0.1:1/x");
+        assert_eq!(c.initial_cluster[0].0, "infra2");
     }
 
     #[test]

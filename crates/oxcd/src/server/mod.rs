@@ -512,6 +512,9 @@ pub struct ServerOptions {
     /// Peer TLS listeners check a member's certificate against its address (etcd's
     /// `checkSAN`); off with `--experimental-peer-skip-client-san-verification`.
     pub peer_san_check: bool,
+    /// `--discovery`: a new member learns `initial_cluster` from the discovery service
+    /// before it starts (`startup::discover`).
+    pub discovery: Option<crate::discovery::Settings>,
 }
 
 /// A snapshot the member restarted from: its index and the store state.
