@@ -1237,7 +1237,6 @@ listen-metrics-urls: http://127.0.0.1:12381
                 "listen-client-urls: unix://x:1",
                 "--listen-client-urls=unix://x:1",
             ),
-            ("discovery-srv: example.com", "--discovery-srv=example.com"),
             (
                 "client-transport-security:\n  cert-file: c.pem",
                 "--cert-file=c.pem",
