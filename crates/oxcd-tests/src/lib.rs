@@ -330,6 +330,29 @@ impl Curl {
     }
 }
 
+/// `ETCDCTL_API=2 etcdctl --endpoints <endpoints> args...` (Debian's etcd-client): whether it
+/// succeeded, its stdout and its stderr.
+pub fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "2")
+        .arg("--endpoints")
+        .arg(endpoints)
+        .args(args)
+        .output()
+        .expect("etcdctl runs (Debian etcd-client)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`etcdctl`] with stdout and stderr in one string (what a failed assertion shows).
+pub fn etcdctl_combined(endpoints: &str, args: &[&str]) -> (bool, String) {
+    let (ok, out, err) = etcdctl(endpoints, args);
+    (ok, out + &err)
+}
+
 /// Runs `curl -sS args...` (the system's curl: it speaks TLS with the test's fixtures
 /// without a TLS stack in the harness).
 pub fn curl(args: &[&str]) -> Curl {

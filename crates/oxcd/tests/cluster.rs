@@ -6,10 +6,10 @@
 //! every acknowledged write (`oxcd_tests::cluster::check_converged`).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use oxcd_tests::cluster::{check_converged, get_json, try_put, Cluster, Load, FAST_TIMING};
+use oxcd_tests::etcdctl_combined as etcdctl;
 use oxcd_tests::request;
 
 fn oxcd() -> &'static Path {
@@ -17,21 +17,6 @@ fn oxcd() -> &'static Path {
 }
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "2")
-        .arg("--endpoints")
-        .arg(endpoints)
-        .args(args)
-        .output()
-        .expect("etcdctl runs (Debian etcd-client)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-            + &String::from_utf8_lossy(&out.stderr),
-    )
-}
 
 fn args(extra: &[&'static str]) -> Vec<&'static str> {
     let mut a = FAST_TIMING.to_vec();

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oxcd_tests::cluster::{check_converged, try_put, Cluster, FAST_TIMING};
+use oxcd_tests::etcdctl_combined as etcdctl;
 use oxcd_tests::{free_port, request, Member, TempDir, ETCD};
 use serde_json::Value;
 
@@ -53,21 +54,6 @@ fn initial_cluster(c: &Cluster) -> String {
         .map(|(i, u)| format!("m{i}={u}"))
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// `ETCDCTL_API=2 etcdctl --endpoints <endpoints> args...`: success and stdout.
-fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "2")
-        .arg("--endpoints")
-        .arg(endpoints)
-        .args(args)
-        .output()
-        .expect("etcdctl runs (Debian etcd-client)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
 }
 
 /// The name of the member a proxy sends its requests to (`/v2/stats/self` answered there).

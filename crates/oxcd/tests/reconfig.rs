@@ -17,10 +17,10 @@
 //! acknowledged write (`check_converged`).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use oxcd_tests::cluster::{check_converged, try_put, Ack, Cluster, Load, FAST_TIMING};
+use oxcd_tests::etcdctl;
 use oxcd_tests::{curl, free_port, Member, Pair, TempDir};
 use serde_json::Value;
 
@@ -42,22 +42,6 @@ fn args(extra: &[&'static str]) -> Vec<&'static str> {
     let mut a = FAST_TIMING.to_vec();
     a.extend_from_slice(extra);
     a
-}
-
-/// `ETCDCTL_API=2 etcdctl --endpoints <endpoints> args...`: success, stdout, stderr.
-fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "2")
-        .arg("--endpoints")
-        .arg(endpoints)
-        .args(args)
-        .output()
-        .expect("etcdctl runs (Debian etcd-client)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Runs `etcdctl args` until it succeeds (an operator retrying a refused change); its stdout.
