@@ -304,6 +304,15 @@ fn grow_one_to_three_to_five_with_etcdctl() {
     for &i in &live {
         wait_member_list(&c, i, &live);
     }
+    // A member that joined, SIGKILLed and started again with the same environment
+    // (`ETCD_INITIAL_CLUSTER_STATE=existing` and all) is who its data dir says: it rejoins
+    // without asking the cluster again, and takes writes.
+    c.members[3].kill();
+    c.members[3].spawn();
+    let idx = try_put(&c.members[3].client_url, "grow/rejoined", "x", WAIT)
+        .expect("a write through the restarted joiner");
+    acked.push(("grow/rejoined".into(), "x".into(), idx));
+    check_all(&c, &live, &acked);
 }
 
 #[test]
