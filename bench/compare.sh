@@ -5,8 +5,13 @@
 # CPU time per 1000 requests (all members) and their peak RSS (VmHWM, largest member).
 #
 # usage: bench/compare.sh [--rounds N] [--members 1|3] [--data-root DIR] [--port P]
-#                         [--etcd PATH] -- <oxcd-bench workload and options>
+#                         [--etcd PATH] [--client oxcd-bench|wrk] -- <workload and options>
 #   e.g. bench/compare.sh -- put --clients 64 --conns 64 --total 20000 --val-size 256 --key-space 100000
+#   With --client wrk (Debian's wrk, a second, independent load generator), the workload is
+#   put|get [--threads T] [--conns C] [--duration S] [--val-size N] [--key-space N]
+#   (defaults 2, 64, 6, 256, 100000): wrk -tT -cC -dS with random keys bench/<8 digits>;
+#   get first fills the key space (oxcd-bench, untimed). wrk loads the first member; the
+#   percentiles are wrk's.
 #
 # Builds with `cargo build --release -p oxcd -p oxcd-bench` (honours CARGO_TARGET_DIR and
 # CARGO_BUILD_JOBS). Member k listens for clients on P+2k and for peers on P+2k+1
@@ -14,8 +19,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rounds=3 members=1 data_root=${TMPDIR:-/tmp} port=24379 etcd_bin=/usr/bin/etcd
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+rounds=3 members=1 data_root=${TMPDIR:-/tmp} port=24379 etcd_bin=/usr/bin/etcd client=oxcd-bench
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
     case $1 in
         --rounds) rounds=$2; shift 2 ;;
@@ -23,6 +28,7 @@ while [[ $# -gt 0 ]]; do
         --data-root) data_root=$2; shift 2 ;;
         --port) port=$2; shift 2 ;;
         --etcd) etcd_bin=$2; shift 2 ;;
+        --client) client=$2; shift 2 ;;
         --) shift; break ;;
         -h|--help) usage ;;
         *) echo "compare.sh: unknown option $1 (workload arguments go after --)" >&2; usage ;;
@@ -32,6 +38,24 @@ done
 [[ $members == 1 || $members == 3 ]] || { echo "compare.sh: --members must be 1 or 3" >&2; exit 2; }
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --rounds must be a positive integer" >&2; exit 2; }
 bench_args=("$@")
+[[ $client == oxcd-bench || $client == wrk ]] || { echo "compare.sh: --client must be oxcd-bench or wrk" >&2; exit 2; }
+if [[ $client == wrk ]]; then
+    command -v wrk >/dev/null || { echo "compare.sh: wrk is not installed (apt-get install wrk)" >&2; exit 2; }
+    wrk_op=${bench_args[0]} wrk_threads=2 wrk_conns=64 wrk_duration=6 wrk_val=256 wrk_space=100000
+    [[ $wrk_op == put || $wrk_op == get ]] || { echo "compare.sh: with --client wrk the workload is put or get" >&2; exit 2; }
+    set -- "${bench_args[@]:1}"
+    while [[ $# -gt 0 ]]; do
+        case $1 in
+            --threads) wrk_threads=$2 ;;
+            --conns) wrk_conns=$2 ;;
+            --duration) wrk_duration=$2 ;;
+            --val-size) wrk_val=$2 ;;
+            --key-space) wrk_space=$2 ;;
+            *) echo "compare.sh: unknown wrk workload option $1" >&2; exit 2 ;;
+        esac
+        shift 2
+    done
+fi
 
 cargo build --release -p oxcd -p oxcd-bench
 target=${CARGO_TARGET_DIR:-target}
@@ -40,6 +64,37 @@ bench_bin=$target/release/oxcd-bench
 
 mkdir -p "$data_root"
 work=$(mktemp -d "$data_root/oxcd-compare.XXXXXX")
+if [[ $client == wrk ]]; then
+    # Random keys of the key space; each wrk thread seeds its own generator. done() prints
+    # the figures compare.sh summarises as one JSON line (the last line of the output).
+    method=GET
+    [[ $wrk_op == put ]] && method=PUT
+    value=$(head -c "$wrk_val" /dev/zero | tr '\0' 'v')
+    cat >"$work/wrk.lua" <<LUA
+local counter = 1
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+end
+function init(args)
+  math.randomseed(os.time() + id * 7919)
+end
+function request()
+  local path = string.format("/v2/keys/bench/%08d", math.random(0, $wrk_space - 1))
+  if "$method" == "PUT" then
+    return wrk.format("PUT", path, {["Content-Type"] = "application/x-www-form-urlencoded"}, "value=$value")
+  end
+  return wrk.format("GET", path)
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  local errors = e.connect + e.read + e.write + e.status + e.timeout
+  io.write(string.format('{"throughput":%f,"latency_ms":{"p50":%f,"p99":%f,"p999":%f},"errors":{"wrk":%d},"ok":%d}\n',
+    summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000, latency:percentile(99.9) / 1000, errors, summary.requests - errors))
+end
+LUA
+fi
 pids=()
 
 stop_servers() {
@@ -131,7 +186,7 @@ run_line() {
 import json, sys
 kind, path, rss = sys.argv[1], sys.argv[2], int(sys.argv[3] or 0)
 try:
-    r = json.load(open(path))
+    r = json.loads(open(path).read().strip().splitlines()[-1])
 except ValueError:
     sys.exit(print(f"   {kind}: no result"))
 l = r["latency_ms"]
@@ -149,7 +204,17 @@ run_one() {
     out=$work/$kind-$round.json
     local cpu0
     cpu0=$(cpu_ticks)
-    if ! "$bench_bin" --endpoints "$endpoints" --json "${bench_args[@]}" >"$out"; then
+    if [[ $client == wrk ]]; then
+        local first=${endpoints%%,*}
+        if [[ $wrk_op == get ]]; then
+            "$bench_bin" --endpoints "$endpoints" --key-space "$wrk_space" --val-size "$wrk_val" \
+                --total "$wrk_space" --clients 32 --conns 32 put --sequential-keys >/dev/null
+            cpu0=$(cpu_ticks)
+        fi
+        if ! wrk -t"$wrk_threads" -c"$wrk_conns" -d"${wrk_duration}s" -s "$work/wrk.lua" "$first" >"$out"; then
+            echo "compare.sh: wrk failed against $kind (round $round)" >&2
+        fi
+    elif ! "$bench_bin" --endpoints "$endpoints" --json "${bench_args[@]}" >"$out"; then
         echo "compare.sh: oxcd-bench reported a failure against $kind (round $round)" >&2
     fi
     echo $(($(cpu_ticks) - cpu0)) >"$work/$kind-$round.cpu"
