@@ -46,9 +46,15 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Records that a raft message from a peer arrived.
+/// Set once this member knows it was removed: only then is peer traffic timed.
+static REMOVED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records that a raft message from a peer arrived (one atomic load per message until this
+/// member is removed).
 pub fn peer_message_arrived() {
-    LAST_PEER_MESSAGE_MS.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+    if REMOVED.load(std::sync::atomic::Ordering::Relaxed) {
+        LAST_PEER_MESSAGE_MS.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// This member was removed from the cluster (it applied its own removal, or a peer answered
@@ -60,6 +66,7 @@ pub fn peer_message_arrived() {
 pub fn removed_from_cluster() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        REMOVED.store(true, std::sync::atomic::Ordering::Relaxed);
         let stop = || {
             // Longer than two default election timeouts: a successor that missed the
             // commit of the removal campaigns within that and still gets our vote.

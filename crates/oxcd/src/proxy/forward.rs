@@ -424,21 +424,28 @@ impl<T> TimeoutIo<T> {
     }
 }
 
-/// Whether the deadline of a pending operation passed (arming it on first wait).
-fn expired(
+/// An operation's poll, bounded by `limit`: a finished one disarms the deadline, a pending
+/// one arms it on its first wait and fails with a timeout once it passes.
+fn bounded<R>(
+    poll: Poll<io::Result<R>>,
     slot: &mut Option<Pin<Box<tokio::time::Sleep>>>,
     limit: Duration,
     cx: &mut Context<'_>,
-) -> bool {
+    what: &str,
+) -> Poll<io::Result<R>> {
+    if poll.is_ready() {
+        *slot = None;
+        return poll;
+    }
     if limit.is_zero() {
-        return false;
+        return Poll::Pending;
     }
     let sleep = slot.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
     if sleep.as_mut().poll(cx).is_ready() {
         *slot = None;
-        return true;
+        return Poll::Ready(Err(timed_out(what)));
     }
-    false
+    Poll::Pending
 }
 
 fn timed_out(what: &str) -> io::Error {
@@ -452,16 +459,8 @@ impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for TimeoutIo<T> {
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                this.read_deadline = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending if expired(&mut this.read_deadline, this.read, cx) => {
-                Poll::Ready(Err(timed_out("read")))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        bounded(poll, &mut this.read_deadline, this.read, cx, "read")
     }
 }
 
@@ -472,30 +471,14 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for TimeoutIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                this.write_deadline = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending if expired(&mut this.write_deadline, this.write, cx) => {
-                Poll::Ready(Err(timed_out("write")))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        bounded(poll, &mut this.write_deadline, this.write, cx, "write")
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Ready(r) => {
-                this.write_deadline = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending if expired(&mut this.write_deadline, this.write, cx) => {
-                Poll::Ready(Err(timed_out("write")))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        bounded(poll, &mut this.write_deadline, this.write, cx, "write")
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
