@@ -118,7 +118,7 @@ def data_dir_split(d):
 ETCD_TS = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) "
 ETCD_START = re.compile(ETCD_TS + r".*start to snapshot \(applied: (\d+)")
 ETCD_SAVED = re.compile(ETCD_TS + r".*saved snapshot at index (\d+)")
-# oxcd: "... snap: snapshot file written index=100001 term=2 bytes=... copy_ms=.. took_ms=.."
+# oxcd: "... snap: snapshot file written index=100001 term=2 bytes=... state_ms=.. took_ms=.."
 OXCD_WRITTEN = re.compile(r"snap: snapshot file written.*?\bindex=(\d+).*?\bbytes=(\d+).*?\btook_ms=(\d+)")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -11,7 +11,7 @@
 //! - every change is recorded in the history and offered to the matching watchers once;
 //! - a node with an expiry is in the TTL index, and only such nodes are;
 //! - keys may have any number of segments: nothing recurses over the depth of the tree
-//!   (listing, copying, dropping, expiring, deleting, watching, snapshots), and the
+//!   (listing, dropping, expiring, deleting, watching, snapshots), and the
 //!   snapshot is a flat stream of one record per node (see `snapshot`).
 //!
 //! Deviations from etcd: snapshots do not carry the event history. As in etcd, children are
@@ -23,7 +23,7 @@ mod snapshot;
 mod store;
 mod watcher;
 
-pub use store::{is_clean_path, RecoveryError, SavedState, Store, TtlOptions};
+pub use store::{is_clean_path, RecoveryError, Store, TtlOptions};
 pub use watcher::{WatchOutcome, WatchSink, WatcherId};
 
 /// Store operation result: an event, or etcd's v2 error.

@@ -1,135 +1,121 @@
 //! The snapshot encoding of the store: flat, so that neither its size nor the work to read
 //! it depends on how deep the tree is.
 //!
-//! Format 1 is text (UTF-8), one line per item:
+//! Format 2 (written since the memory-per-key work) is binary: the text line
+//! `oxcd-v2store snapshot 2`, then
 //!
 //! ```text
-//! oxcd-v2store snapshot 1          magic and format version
-//! {"index":42}                     the store index
-//! ["",0,0,null,2]                  the root, then every node in pre-order …
-//! ["0",0,0,null,0]
-//! ["1",0,40,null,1]
-//! ["foo",40,42,[1700000000,5],"bar"]
-//! crc32c 1a2b3c4d                  CRC-32C of every byte before this line
+//! index                 varint: the store index
+//! record …              the root, then every node in pre-order
+//! crc                   4 bytes, little-endian: CRC-32C of every byte before it
 //! ```
 //!
-//! A node is `[name, createdIndex, modifiedIndex, expire, payload]`: `name` is the node's
-//! segment (empty for the root), `expire` is `null` or `[seconds, nanoseconds]` since the
-//! Unix epoch (seconds negative before it, nanoseconds always forward), and `payload` is a
-//! key's value (a string) or a directory's number of children (a number), whose records
-//! follow it, each with its own subtree, before the directory's next sibling. Each record
-//! is a small JSON array, so any JSON reader reads it, and a line holds one node: a reader
-//! can stream `(path, node)` pairs by keeping the path of the open directories.
+//! and a record is
 //!
-//! The old format — `{"index":…,"root":{…}}`, the whole tree as one nested JSON value — is
-//! still read, within serde_json's nesting limit (what it could always read).
+//! ```text
+//! name                  varint length + UTF-8 bytes (empty for the root, no '/')
+//! created               varint createdIndex
+//! modified              varint (modifiedIndex - createdIndex), wrapping
+//! flags                 1 byte: 1 = directory, 2 = has an expiry
+//! [expire]              zigzag varint seconds since the Unix epoch (negative before it)
+//!                       + varint nanoseconds (always forward, < 10^9)
+//! payload               a key: varint length + UTF-8 value; a directory: varint number of
+//!                       children, whose records follow it, each with its own subtree,
+//!                       before the directory's next sibling
+//! ```
+//!
+//! Varints are LEB128 (7 bits a byte, least significant first). A record is about its
+//! name and value plus 6 bytes, against ~30 in format 1, and reading it does no parsing
+//! beyond lengths: a reader streams `(path, node)` pairs by keeping the path of the open
+//! directories.
+//!
+//! Still read: format 1 (text, one JSON array a node: `[name, created, modified, expire,
+//! payload]` with `expire` as `null` or `[seconds, nanoseconds]`, after a `{"index":N}`
+//! line and before a `crc32c <8 hex digits>` line), and the oldest format — `{"index":…,
+//! "root":{…}}`, the whole tree as one nested JSON value — within serde_json's nesting
+//! limit (what it could always read).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::node::Node;
+use crate::node::{Children, Node};
 
 /// The first line's text, before the version number.
 const MAGIC: &str = "oxcd-v2store snapshot ";
 /// The format [`encode`] writes.
-const VERSION: u32 = 1;
-/// The last line's text, before the checksum.
-const TRAILER: &str = "crc32c ";
+const VERSION: u32 = 2;
+/// Format 1's last line's text, before the checksum.
+const TRAILER_V1: &str = "crc32c ";
+/// Record flags (format 2).
+const FLAG_DIR: u8 = 1;
+const FLAG_EXPIRE: u8 = 2;
 
-/// Encodes the store's index and tree.
+/// Encodes the store's index and tree (format 2).
 pub fn encode(index: u64, root: &Node) -> Vec<u8> {
     let mut out = Vec::with_capacity(4096);
     out.extend_from_slice(MAGIC.as_bytes());
-    write_u64(&mut out, u64::from(VERSION));
-    out.extend_from_slice(b"\n{\"index\":");
-    write_u64(&mut out, index);
-    out.extend_from_slice(b"}\n");
-    write_record(&mut out, "", root);
+    out.extend_from_slice(format!("{VERSION}\n").as_bytes());
+    write_varint(&mut out, index);
+    write_record(&mut out, root);
     if let Some(children) = root.children.as_ref().filter(|c| !c.is_empty()) {
         // Pre-order with an explicit stack of the open directories' remaining children.
         let mut stack = vec![children.iter()];
         while let Some(rest) = stack.last_mut() {
-            let Some((name, child)) = rest.next() else {
+            let Some(child) = rest.next() else {
                 stack.pop();
                 continue;
             };
-            write_record(&mut out, name, child);
+            write_record(&mut out, child);
             if let Some(grandchildren) = child.children.as_ref().filter(|c| !c.is_empty()) {
                 stack.push(grandchildren.iter());
             }
         }
     }
     let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(TRAILER.as_bytes());
-    out.extend_from_slice(format!("{crc:08x}\n").as_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
-fn write_u64(out: &mut Vec<u8>, n: u64) {
-    oxcd_api::json::write_u64(out, n);
+fn write_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
 }
 
-fn write_record(out: &mut Vec<u8>, name: &str, node: &Node) {
-    out.push(b'[');
-    write_json_str(out, name);
-    out.push(b',');
-    write_u64(out, node.created_index);
-    out.push(b',');
-    write_u64(out, node.modified_index);
-    out.push(b',');
-    match node.expire {
-        None => out.extend_from_slice(b"null"),
-        Some(t) => {
-            let (secs, nanos) = split_time(t);
-            out.push(b'[');
-            if secs < 0 {
-                out.push(b'-');
-            }
-            write_u64(out, secs.unsigned_abs());
-            out.push(b',');
-            write_u64(out, u64::from(nanos));
-            out.push(b']');
-        }
+fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    write_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+fn write_record(out: &mut Vec<u8>, node: &Node) {
+    write_bytes(out, node.name().as_bytes());
+    write_varint(out, node.created_index);
+    write_varint(out, node.modified_index.wrapping_sub(node.created_index));
+    let mut flags = 0;
+    if node.is_dir() {
+        flags |= FLAG_DIR;
     }
-    out.push(b',');
+    if node.expire().is_some() {
+        flags |= FLAG_EXPIRE;
+    }
+    out.push(flags);
+    if let Some(t) = node.expire() {
+        let (secs, nanos) = split_time(t);
+        // Zigzag: small magnitudes of either sign stay short.
+        write_varint(out, ((secs << 1) ^ (secs >> 63)) as u64);
+        write_varint(out, u64::from(nanos));
+    }
     match &node.children {
-        Some(children) => write_u64(out, children.len() as u64),
-        None => write_json_str(out, &node.value),
+        Some(children) => write_varint(out, children.len() as u64),
+        None => write_bytes(out, node.value().as_bytes()),
     }
-    out.extend_from_slice(b"]\n");
-}
-
-/// A JSON string: `"`, `\` and control characters escaped (so a record is one line).
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
-        }
-        out.extend_from_slice(&bytes[start..i]);
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            _ => {
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0xF)]);
-            }
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 /// Seconds (floored) and nanoseconds since the epoch.
@@ -159,10 +145,23 @@ fn join_time(secs: i64, nanos: u32) -> Option<SystemTime> {
     base.checked_add(Duration::from_nanos(u64::from(nanos)))
 }
 
-/// Decodes a snapshot, in either format: the store index and the tree.
+/// Decodes a snapshot, in any format: the store index and the tree.
 pub fn decode(data: &[u8]) -> Result<(u64, Node), String> {
-    if data.starts_with(MAGIC.as_bytes()) {
-        return decode_v1(data);
+    if let Some(rest) = data.strip_prefix(MAGIC.as_bytes()) {
+        // The version first: another format's checksum may be elsewhere.
+        let version = rest
+            .split(|&b| b == b'\n')
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u32>().ok())
+            .ok_or("bad snapshot version line")?;
+        return match version {
+            2 => decode_v2(data),
+            1 => decode_v1(data),
+            _ => Err(format!(
+                "snapshot format {version} is not supported (this build reads 1 and 2)"
+            )),
+        };
     }
     if data.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
         return decode_old(data);
@@ -170,18 +169,226 @@ pub fn decode(data: &[u8]) -> Result<(u64, Node), String> {
     Err("not a v2 store snapshot (unknown format)".into())
 }
 
-/// The old format: the tree as one nested JSON value.
+/// Builds the tree from nodes given in pre-order, each directory with its number of
+/// children: an explicit stack of the open directories, so depth costs heap, not stack.
+#[derive(Default)]
+struct TreeBuilder {
+    /// Open directories and how many children each still expects.
+    stack: Vec<(Node, u64)>,
+    root: Option<Node>,
+}
+
+impl TreeBuilder {
+    /// Adds the next node (a directory announces `children`, a key 0).
+    fn push(&mut self, node: Node, children: u64) -> Result<(), &'static str> {
+        if self.root.is_some() {
+            return Err("after the end of the tree");
+        }
+        let name = node.name();
+        if self.stack.is_empty() {
+            if !name.is_empty() {
+                return Err("the root has a name");
+            }
+        } else if name.is_empty() || name.contains('/') {
+            return Err("invalid name");
+        }
+        if let Some((_, remaining)) = self.stack.last_mut() {
+            // A parent with nothing remaining was closed below.
+            *remaining -= 1;
+        }
+        // Close every directory that is complete, this node first.
+        let mut open = (node, children);
+        loop {
+            if open.1 > 0 {
+                self.stack.push(open);
+                return Ok(());
+            }
+            let Some((parent, remaining)) = self.stack.last_mut() else {
+                self.root = Some(open.0);
+                return Ok(());
+            };
+            let Some(siblings) = parent.children.as_mut() else {
+                return Err("a key with children");
+            };
+            if siblings.insert(open.0).is_some() {
+                return Err("duplicate name");
+            }
+            if *remaining > 0 {
+                return Ok(());
+            }
+            match self.stack.pop() {
+                Some(done) => open = done,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn finish(self) -> Result<Node, String> {
+        self.root
+            .ok_or_else(|| "truncated snapshot (the tree is incomplete)".into())
+    }
+}
+
+/// A key or a directory (sized for `children`, within what the rest of the data could hold).
+fn make_node(
+    name: &str,
+    created_index: u64,
+    modified_index: u64,
+    expire: Option<SystemTime>,
+    payload: Result<&str, u64>,
+    room: usize,
+) -> Node {
+    let mut node = match payload {
+        Ok(value) => Node::new_file(name, value, created_index, expire),
+        Err(children) => {
+            let mut dir = Node::new_dir(name, created_index, expire);
+            dir.children = Some(Box::new(Children::with_capacity(
+                children.min(room as u64) as usize
+            )));
+            dir
+        }
+    };
+    node.modified_index = modified_index;
+    node
+}
+
+/// Format 2: see the module documentation.
+fn decode_v2(data: &[u8]) -> Result<(u64, Node), String> {
+    let (body, crc) = data
+        .split_last_chunk::<4>()
+        .ok_or("truncated snapshot (no checksum)")?;
+    let want = u32::from_le_bytes(*crc);
+    let got = crc32c::crc32c(body);
+    if got != want {
+        return Err(format!(
+            "corrupted snapshot (checksum {got:08x}, expected {want:08x})"
+        ));
+    }
+    let header_len = MAGIC.len() + "2\n".len();
+    let mut r = Reader {
+        data: body.get(header_len..).ok_or("truncated snapshot")?,
+    };
+    let index = r
+        .varint()
+        .map_err(|e| format!("bad snapshot header: {e}"))?;
+    let mut tree = TreeBuilder::default();
+    let mut n = 0u64;
+    while !r.data.is_empty() {
+        let bad = |what: &str| format!("bad snapshot record {n}: {what}");
+        let name = r.str().map_err(bad)?;
+        let created = r.varint().map_err(bad)?;
+        let modified = created.wrapping_add(r.varint().map_err(bad)?);
+        let flags = r.byte().map_err(bad)?;
+        if flags & !(FLAG_DIR | FLAG_EXPIRE) != 0 {
+            return Err(bad("unknown flags"));
+        }
+        let expire = if flags & FLAG_EXPIRE != 0 {
+            let zigzag = r.varint().map_err(bad)?;
+            let secs = ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64);
+            let nanos = u32::try_from(r.varint().map_err(bad)?).map_err(|_| bad("expiry"))?;
+            Some(join_time(secs, nanos).ok_or_else(|| bad("expiry"))?)
+        } else {
+            None
+        };
+        // Each child takes at least 6 bytes.
+        let room = r.data.len() / 6;
+        let (node, children) = if flags & FLAG_DIR != 0 {
+            let count = r.varint().map_err(bad)?;
+            let node = make_node(name, created, modified, expire, Err(count), room);
+            (node, count)
+        } else {
+            let value = r.str().map_err(bad)?;
+            (make_node(name, created, modified, expire, Ok(value), 0), 0)
+        };
+        tree.push(node, children).map_err(bad)?;
+        n += 1;
+    }
+    Ok((index, tree.finish()?))
+}
+
+/// Reads format 2's fields, never past the end.
+struct Reader<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Result<u8, &'static str> {
+        let (&b, rest) = self.data.split_first().ok_or("truncated")?;
+        self.data = rest;
+        Ok(b)
+    }
+
+    fn varint(&mut self) -> Result<u64, &'static str> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err("varint overflow");
+            }
+            n |= bits << shift;
+            if b & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err("varint overflow")
+    }
+
+    fn str(&mut self) -> Result<&'a str, &'static str> {
+        let len = self.varint()?;
+        let len = usize::try_from(len).map_err(|_| "truncated")?;
+        if len > self.data.len() {
+            return Err("truncated");
+        }
+        let (s, rest) = self.data.split_at(len);
+        self.data = rest;
+        std::str::from_utf8(s).map_err(|_| "not UTF-8")
+    }
+}
+
+/// The oldest format: the tree as one nested JSON value.
 fn decode_old(data: &[u8]) -> Result<(u64, Node), String> {
+    /// A node as that format wrote it.
+    #[derive(Deserialize)]
+    struct OldNode {
+        created_index: u64,
+        modified_index: u64,
+        value: String,
+        expire: Option<SystemTime>,
+        children: Option<HashMap<String, OldNode>>,
+    }
     #[derive(Deserialize)]
     struct Saved {
         index: u64,
-        root: Node,
+        root: OldNode,
+    }
+    // Recursion is bounded by serde_json's nesting limit, which bounded the parse above.
+    fn convert(name: &str, old: OldNode) -> Node {
+        let payload = match &old.children {
+            Some(c) => Err(c.len() as u64),
+            None => Ok(old.value.as_str()),
+        };
+        let room = old.children.as_ref().map_or(0, HashMap::len);
+        let mut node = make_node(
+            name,
+            old.created_index,
+            old.modified_index,
+            old.expire,
+            payload,
+            room,
+        );
+        if let (Some(children), Some(table)) = (old.children, node.children.as_mut()) {
+            for (child_name, child) in children {
+                table.insert(convert(&child_name, child));
+            }
+        }
+        node
     }
     let saved: Saved = serde_json::from_slice(data).map_err(|e| e.to_string())?;
-    Ok((saved.index, saved.root))
+    Ok((saved.index, convert("", saved.root)))
 }
 
-/// A record's last field.
+/// A format 1 record's last field.
 enum Payload {
     Value(String),
     Children(u64),
@@ -224,26 +431,8 @@ struct Header {
     index: u64,
 }
 
-/// A directory being read: its name, the node, and how many children are still to come.
-struct Open {
-    name: String,
-    node: Node,
-    remaining: u64,
-}
-
+/// Format 1: text, one JSON array a node (see the module documentation).
 fn decode_v1(data: &[u8]) -> Result<(u64, Node), String> {
-    // The version first: another format's checksum may be elsewhere.
-    let version = data[MAGIC.len()..]
-        .split(|&b| b == b'\n')
-        .next()
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.parse::<u32>().ok())
-        .ok_or("bad snapshot version line")?;
-    if version != VERSION {
-        return Err(format!(
-            "snapshot format {version} is not supported (this build reads {VERSION})"
-        ));
-    }
     // The trailer: the checksum of everything before it.
     let body_end = data
         .strip_suffix(b"\n")
@@ -252,7 +441,7 @@ fn decode_v1(data: &[u8]) -> Result<(u64, Node), String> {
         .ok_or("truncated snapshot (no trailer)")?;
     let (body, trailer) = data.split_at(body_end);
     let want = trailer
-        .strip_prefix(TRAILER.as_bytes())
+        .strip_prefix(TRAILER_V1.as_bytes())
         .and_then(|t| t.strip_suffix(b"\n"))
         .and_then(|t| std::str::from_utf8(t).ok())
         // Exactly as written: 8 lowercase hex digits.
@@ -270,8 +459,7 @@ fn decode_v1(data: &[u8]) -> Result<(u64, Node), String> {
     lines.next(); // The version line, read above.
     let header: Header = serde_json::from_slice(lines.next().unwrap_or_default())
         .map_err(|e| format!("bad snapshot header: {e}"))?;
-    let mut stack: Vec<Open> = Vec::new();
-    let mut root: Option<Node> = None;
+    let mut tree = TreeBuilder::default();
     for (n, line) in lines.enumerate() {
         let bad = |what: &str| format!("bad snapshot record {n}: {what}");
         let Record(name, created_index, modified_index, expire, payload) =
@@ -280,65 +468,26 @@ fn decode_v1(data: &[u8]) -> Result<(u64, Node), String> {
             None => None,
             Some((secs, nanos)) => Some(join_time(secs, nanos).ok_or_else(|| bad("expiry"))?),
         };
-        let (value, children) = match payload {
-            Payload::Value(v) => (Arc::from(v), None),
-            Payload::Children(count) => (Arc::from(""), Some(count)),
+        // Each record takes at least 16 bytes.
+        let room = data.len() / 16;
+        let (node, children) = match &payload {
+            Payload::Value(v) => (
+                make_node(&name, created_index, modified_index, expire, Ok(v), 0),
+                0,
+            ),
+            Payload::Children(count) => (
+                make_node(
+                    &name,
+                    created_index,
+                    modified_index,
+                    expire,
+                    Err(*count),
+                    room,
+                ),
+                *count,
+            ),
         };
-        let node = Node {
-            created_index,
-            modified_index,
-            value,
-            expire,
-            // Sized as the record says, within what the rest of the data could hold.
-            children: children.map(|c| HashMap::with_capacity(c.min(1024) as usize)),
-        };
-        if root.is_some() {
-            return Err(bad("after the end of the tree"));
-        }
-        if stack.is_empty() {
-            // The root.
-            if !name.is_empty() {
-                return Err(bad("the root has a name"));
-            }
-        } else if name.is_empty() || name.contains('/') {
-            return Err(bad("invalid name"));
-        }
-        let mut open = Open {
-            name: name.into_owned(),
-            node,
-            remaining: children.unwrap_or(0),
-        };
-        if let Some(parent) = stack.last_mut() {
-            // Checked before: a parent with nothing remaining is closed.
-            parent.remaining -= 1;
-        }
-        // Close every directory that is complete, this node first.
-        loop {
-            if open.remaining > 0 {
-                stack.push(open);
-                break;
-            }
-            let Some(parent) = stack.last_mut() else {
-                root = Some(open.node);
-                break;
-            };
-            let Some(siblings) = parent.node.children.as_mut() else {
-                return Err(bad("a key with children"));
-            };
-            if siblings.insert(open.name, open.node).is_some() {
-                return Err(bad("duplicate name"));
-            }
-            if parent.remaining > 0 {
-                break;
-            }
-            let Some(done) = stack.pop() else {
-                break;
-            };
-            open = done;
-        }
+        tree.push(node, children).map_err(bad)?;
     }
-    match root {
-        Some(root) => Ok((header.index, root)),
-        None => Err("truncated snapshot (the tree is incomplete)".into()),
-    }
+    Ok((header.index, tree.finish()?))
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use oxcd_api::v2::{Action, Error, ErrorCode, Event, NodeExtern};
 
 use crate::history::EventHistory;
-use crate::node::{list_children, visit_paths, Node};
+use crate::node::{clamp_expiry, list_children, visit_paths, Node};
 use crate::snapshot;
 use crate::watcher::{WatchOutcome, WatchSink, Watcher, WatcherHub, WatcherId};
 use crate::Result;
@@ -82,20 +82,6 @@ enum Deferred {
     Removed(Arc<Event>, String),
 }
 
-/// A store's snapshot state, detached from the store (see [`Store::clone_state`]).
-#[derive(Debug, Clone)]
-pub struct SavedState {
-    index: u64,
-    root: Node,
-}
-
-impl SavedState {
-    /// Encodes it exactly as [`Store::save`] would have (see [`Store::save`]).
-    pub fn encode(&self) -> Vec<u8> {
-        snapshot::encode(self.index, &self.root)
-    }
-}
-
 /// Go's `path.Clean(path.Join("/", p))`.
 fn clean(p: &str) -> Cow<'_, str> {
     if is_clean_path(p) {
@@ -164,11 +150,11 @@ fn split(path: &str) -> (&str, &str) {
 impl Store {
     /// A store with the given top-level directories (etcd: "/0" and "/1").
     pub fn new(namespaces: &[&str]) -> Store {
-        let mut root = Node::new_dir(0, None);
+        let mut root = Node::new_dir("", 0, None);
         if let Some(children) = root.children.as_mut() {
             for ns in namespaces {
                 let name = ns.trim_start_matches('/');
-                children.insert(name.to_string(), Node::new_dir(0, None));
+                children.insert(Node::new_dir(name, 0, None));
             }
         }
         Store {
@@ -265,7 +251,7 @@ impl Store {
     fn on_removed(&mut self, path: &str, node: &Node, event: &Arc<Event>) {
         let ttl = &mut self.ttl;
         visit_paths(path, node, |path, node| {
-            if let Some(t) = node.expire {
+            if let Some(t) = node.expire() {
                 ttl.remove(&(t, path.to_string()));
             }
         });
@@ -329,7 +315,7 @@ impl Store {
         if self.readonly.contains(&*path) {
             return Err(Error::new(ErrorCode::RootROnly, "/", self.index));
         }
-        let expire = expire.filter(|t| *t >= min_expire_time());
+        let expire = expire.filter(|t| *t >= min_expire_time()).map(clamp_expiry);
         let (dir_path, name) = split(&path);
         // Walk to the parent, creating missing directories; a file on the way is an error.
         let index = self.index;
@@ -342,11 +328,7 @@ impl Store {
                     .children
                     .as_mut()
                     .expect("walk only enters directories");
-                // Look up before inserting: an existing directory needs no owned key.
-                if !children.contains_key(seg) {
-                    children.insert(seg.to_string(), Node::new_dir(curr, None));
-                }
-                let child = children.get_mut(seg).expect("present or just inserted");
+                let child = children.get_or_insert_with(seg, || Node::new_dir(seg, curr, None));
                 if !child.is_dir() {
                     return Err(Error::new(ErrorCode::NotFile, &dir_path[..end], index));
                 }
@@ -360,22 +342,16 @@ impl Store {
                 if existing.is_dir() {
                     return Err(Error::new(ErrorCode::NotFile, path, index));
                 }
-                prev = Some((existing.repr(&path, false, false, now), existing.expire));
+                prev = Some((existing.repr(&path, false, false, now), existing.expire()));
             }
             let new = if dir {
-                Node::new_dir(curr, expire)
+                Node::new_dir(name, curr, expire)
             } else {
-                Node::new_file(value, curr, expire)
+                Node::new_file(name, value, curr, expire)
             };
             // A new node has no children: its view is the same before and after insertion.
             ext = new.repr(&path, false, false, now);
-            match children.get_mut(name) {
-                // Replacing a key keeps its entry (and the key's string).
-                Some(slot) => *slot = new,
-                None => {
-                    children.insert(name.to_string(), new);
-                }
-            }
+            children.insert(new);
         }
         let prev_expire = prev.as_ref().and_then(|(_, e)| *e);
         self.set_ttl(&path, prev_expire, expire);
@@ -414,7 +390,7 @@ impl Store {
         // The current value: a refresh keeps it. (A failed walk other than "not found" —
         // a file on the way — is the error etcd reports.)
         let current = match self.walk(&path) {
-            Ok(n) => Some(Arc::clone(&n.value)),
+            Ok(n) => Some(n.value().to_string()),
             Err(e) if e.code == ErrorCode::KeyNotFound => None,
             Err(e) => return Err(e),
         };
@@ -505,14 +481,15 @@ impl Store {
 
     fn compare_fail_cause(node: &Node, prev_value: &str, prev_index: u64) -> Option<String> {
         let index_ok = prev_index == 0 || node.modified_index == prev_index;
-        let value_ok = prev_value.is_empty() || *node.value == *prev_value;
+        let value_ok = prev_value.is_empty() || node.value() == prev_value;
         match (value_ok, index_ok) {
             (true, true) => None,
             (true, false) => Some(format!("[{prev_index} != {}]", node.modified_index)),
-            (false, true) => Some(format!("[{prev_value} != {}]", node.value)),
+            (false, true) => Some(format!("[{prev_value} != {}]", node.value())),
             (false, false) => Some(format!(
                 "[{prev_value} != {}] [{prev_index} != {}]",
-                node.value, node.modified_index
+                node.value(),
+                node.modified_index
             )),
         }
     }
@@ -568,20 +545,21 @@ impl Store {
         let next = self.index + 1;
         let node = self.walk_mut(path).expect("callers walked to the node");
         let prev = node.repr(path, false, false, now);
-        let old_expire = node.expire;
+        let old_expire = node.expire();
         // etcd's node write is refused for a directory (the error is ignored): a directory
         // keeps its modifiedIndex in the store, while the event reports the new index.
         let is_dir = node.is_dir();
         if !is_dir {
             if !ttl.refresh {
-                node.value = Arc::from(value);
+                node.set_value(value);
             }
             node.modified_index = next;
         }
-        node.expire = ttl.expire_time;
+        let expire = ttl.expire_time.map(clamp_expiry);
+        node.set_expire(expire);
         let mut ext = node.repr(path, false, false, now);
         ext.modified_index = next;
-        self.set_ttl(path, old_expire, ttl.expire_time);
+        self.set_ttl(path, old_expire, expire);
         self.index = next;
         let ev = Event {
             action,
@@ -765,27 +743,19 @@ impl Store {
         !self.ttl.is_empty()
     }
 
-    /// A copy of what a snapshot holds, to encode elsewhere: copying the tree is several
-    /// times cheaper than encoding it, so the lock (and the raft thread) is held only for
-    /// the copy — etcd clones its store for the same reason.
-    pub fn clone_state(&self) -> SavedState {
-        SavedState {
-            index: self.index,
-            root: self.root.clone(),
-        }
-    }
-
     /// The state for a snapshot: index and tree (not watchers, not the history).
     ///
-    /// A flat encoding, one line per node (format 1, described in the `snapshot` module):
-    /// neither writing nor reading it recurses, whatever the depth of the tree. The bytes
-    /// are UTF-8 text.
+    /// A flat binary encoding, one record per node (format 2, described in the `snapshot`
+    /// module): neither writing nor reading it recurses, whatever the depth of the tree.
+    /// Encoding takes about what copying the tree would (the record is the name and value
+    /// plus a few bytes), so callers encode under the read lock instead of copying the tree
+    /// to encode elsewhere: one pass instead of two, and no second tree in memory.
     pub fn save(&self) -> Vec<u8> {
         snapshot::encode(self.index, &self.root)
     }
 
-    /// Replaces the state with a snapshot's (format 1, or the old nested JSON that earlier
-    /// versions wrote). Watchers stay registered. A damaged snapshot is an error and leaves
+    /// Replaces the state with a snapshot's (format 2, or format 1 or the old nested JSON
+    /// that earlier versions wrote). Watchers stay registered. A damaged snapshot is an error and leaves
     /// the store as it was.
     /// Checks that `state` is a snapshot `recovery` would accept, without touching the store
     /// (a member refuses a snapshot it cannot read before raft commits to it).
@@ -828,7 +798,7 @@ impl Store {
 
 fn collect_ttl(path: &str, node: &Node, out: &mut BTreeSet<(SystemTime, String)>) {
     visit_paths(path, node, |path, node| {
-        if let Some(t) = node.expire {
+        if let Some(t) = node.expire() {
             out.insert((t, path.to_string()));
         }
     });

@@ -1,4 +1,5 @@
-//! The snapshot encoding: the flat format, the old nested JSON, and damaged data.
+//! The snapshot encoding: the binary format, the text format before it, the old nested
+//! JSON, and damaged data.
 
 use std::time::{Duration, SystemTime};
 
@@ -52,18 +53,72 @@ fn dump(s: &Store) -> (u64, String, bool) {
     )
 }
 
+/// Format 2 records, written field by field as the format describes (not by the code under
+/// test), for well-formed and inconsistent trees.
+struct V2 {
+    out: Vec<u8>,
+}
+
+impl V2 {
+    fn new(index: u64) -> V2 {
+        let mut v = V2 {
+            out: b"oxcd-v2store snapshot 2\n".to_vec(),
+        };
+        v.varint(index);
+        v
+    }
+    fn varint(&mut self, mut n: u64) -> &mut V2 {
+        while n >= 0x80 {
+            self.out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        self.out.push(n as u8);
+        self
+    }
+    fn bytes(&mut self, b: &[u8]) -> &mut V2 {
+        self.varint(b.len() as u64);
+        self.out.extend_from_slice(b);
+        self
+    }
+    fn dir(&mut self, name: &str, created: u64, children: u64) -> &mut V2 {
+        self.bytes(name.as_bytes()).varint(created).varint(0);
+        self.out.push(1);
+        self.varint(children)
+    }
+    fn key(&mut self, name: &str, created: u64, modified: u64, value: &str) -> &mut V2 {
+        self.bytes(name.as_bytes())
+            .varint(created)
+            .varint(modified - created);
+        self.out.push(0);
+        self.bytes(value.as_bytes())
+    }
+    fn key_with_expiry(&mut self, name: &str, secs: i64, nanos: u64) -> &mut V2 {
+        self.bytes(name.as_bytes()).varint(1).varint(0);
+        self.out.push(2);
+        self.varint(((secs << 1) ^ (secs >> 63)) as u64)
+            .varint(nanos);
+        self.bytes(b"v")
+    }
+    fn raw(&mut self, b: &[u8]) -> &mut V2 {
+        self.out.extend_from_slice(b);
+        self
+    }
+    fn done(&self) -> Vec<u8> {
+        let crc = crc32c::crc32c(&self.out);
+        [self.out.as_slice(), &crc.to_le_bytes()].concat()
+    }
+}
+
 #[test]
-fn the_flat_format_is_versioned_text_and_round_trips() {
+fn the_binary_format_round_trips_and_is_compact() {
     let s = sample();
     let data = s.save();
-    let text = String::from_utf8(data.clone()).expect("UTF-8 text");
-    assert!(text.starts_with("oxcd-v2store snapshot 1\n{\"index\":5}\n[\"\",0,0,null,2]\n"));
-    // One line per node (root, /0, /1 and 8 below /1), header, magic and trailer.
-    assert_eq!(text.lines().count(), 11 + 3);
-    assert!(text.lines().last().unwrap().starts_with("crc32c "));
+    assert!(data.starts_with(b"oxcd-v2store snapshot 2\n"));
     let mut r = Store::new(&["/0", "/1"]);
     r.recovery(&data).unwrap();
     assert_eq!(dump(&r), dump(&s));
+    // Saved again: the same bytes, less any difference of hash order (same length).
+    assert_eq!(r.save().len(), data.len());
     // The TTL (with its nanoseconds) came back.
     r.delete_expired_keys(now() + Duration::new(5, 249));
     assert!(r.get("/1/d/e/f", false, false, now()).is_ok());
@@ -72,8 +127,67 @@ fn the_flat_format_is_versioned_text_and_round_trips() {
         r.get("/1/d/e/f", false, false, now()).unwrap_err().code,
         ErrorCode::KeyNotFound
     );
+
+    // A key `/1/k00001`..: its 6-byte name, its 64-byte value and 5 bytes (name and value
+    // lengths, created index and modified delta — one byte each below 128 — and flags).
+    let mut big = Store::new(&["/0", "/1"]);
+    let value = "v".repeat(64);
+    let empty = big.save().len();
+    for i in 0..100 {
+        big.set(&format!("/1/k{i:05}"), false, &value, P, now())
+            .unwrap();
+    }
+    let per_key = (big.save().len() - empty) as f64 / 100.0;
+    assert_eq!(per_key, 6.0 + 64.0 + 5.0, "bytes per key");
 }
 
+#[test]
+fn a_handwritten_format_2_snapshot_is_read() {
+    let data = V2::new(7)
+        .dir("", 0, 2)
+        .dir("1", 0, 2)
+        .key("a", 3, 7, "x\ny")
+        .key_with_expiry("t", 1_800_000_005, 5)
+        .dir("0", 0, 0)
+        .done();
+    let mut r = Store::new(&["/0", "/1"]);
+    r.recovery(&data).unwrap();
+    assert_eq!(r.index(), 7);
+    let a = r.get("/1/a", false, false, now()).unwrap().node.unwrap();
+    assert_eq!(
+        (a.value.as_deref(), a.created_index, a.modified_index),
+        (Some("x\ny"), 3, 7)
+    );
+    assert!(r.has_ttl_keys());
+    r.delete_expired_keys(now() + Duration::new(5, 4));
+    assert!(r.get("/1/t", false, false, now()).is_ok());
+    r.delete_expired_keys(now() + Duration::new(5, 5));
+    assert!(r.get("/1/t", false, false, now()).is_err());
+}
+
+#[test]
+fn format_1_text_snapshots_are_still_read() {
+    // What builds before the binary format wrote: one JSON array a node.
+    let body = "oxcd-v2store snapshot 1\n{\"index\":5}\n[\"\",0,0,null,2]\n[\"0\",0,0,null,0]\n\
+                [\"1\",0,0,null,2]\n[\"a\",2,4,null,\"line\\nquote\\\"é\"]\n\
+                [\"d\",3,3,null,1]\n[\"t\",5,5,[1800000005,250],\"\"]\n";
+    let crc = crc32c::crc32c(body.as_bytes());
+    let data = format!("{body}crc32c {crc:08x}\n");
+    let mut r = Store::new(&["/0", "/1"]);
+    r.recovery(data.as_bytes()).unwrap();
+    assert_eq!(r.index(), 5);
+    let a = r.get("/1/a", false, false, now()).unwrap().node.unwrap();
+    assert_eq!(
+        (a.value.as_deref(), a.created_index, a.modified_index),
+        (Some("line\nquote\"é"), 2, 4)
+    );
+    r.delete_expired_keys(now() + Duration::new(5, 249));
+    assert!(r.get("/1/d/t", false, false, now()).is_ok());
+    r.delete_expired_keys(now() + Duration::new(5, 250));
+    assert!(r.get("/1/d/t", false, false, now()).is_err());
+    // Saved again, it is in the current format.
+    assert!(r.save().starts_with(b"oxcd-v2store snapshot 2\n"));
+}
 #[test]
 fn the_old_nested_json_format_is_still_read() {
     // What `save` wrote before the flat format (serde_json of the node tree).
@@ -95,8 +209,8 @@ fn the_old_nested_json_format_is_still_read() {
     );
     r.delete_expired_keys(now() + Duration::from_secs(5));
     assert!(r.get("/1/foo", false, false, now()).is_err());
-    // Saved again, it is in the new format.
-    assert!(r.save().starts_with(b"oxcd-v2store snapshot 1\n"));
+    // Saved again, it is in the current format.
+    assert!(r.save().starts_with(b"oxcd-v2store snapshot 2\n"));
 }
 
 #[test]
@@ -104,13 +218,14 @@ fn unknown_or_damaged_snapshots_are_errors() {
     let data = sample().save();
     let mut r = sample();
     let before = dump(&r);
-    let text = String::from_utf8(data.clone()).unwrap();
+    let mut other_version = data.clone();
+    other_version[b"oxcd-v2store snapshot ".len()] = b'3';
     let bad: Vec<Vec<u8>> = vec![
         Vec::new(),
         b"garbage".to_vec(),
         b"oxcd-v2store snapshot 1\n".to_vec(),
-        text.replacen("snapshot 1", "snapshot 2", 1).into_bytes(),
-        text.replacen("\"1\"", "\"2\"", 1).into_bytes(),
+        b"oxcd-v2store snapshot 2\n".to_vec(),
+        other_version.clone(),
         data[..data.len() - 1].to_vec(),
         [data.as_slice(), b"x"].concat(),
         b"{\"index\":1,\"root\":{".to_vec(),
@@ -118,10 +233,8 @@ fn unknown_or_damaged_snapshots_are_errors() {
     for b in &bad {
         assert!(r.recovery(b).is_err(), "{:?}", String::from_utf8_lossy(b));
     }
-    let e = r
-        .recovery(text.replacen("snapshot 1", "snapshot 2", 1).as_bytes())
-        .unwrap_err();
-    assert!(e.to_string().contains("format 2"), "{e}");
+    let e = r.recovery(&other_version).unwrap_err();
+    assert!(e.to_string().contains("format 3"), "{e}");
     // Every truncation and every single-bit flip: an error (or, by chance, a valid
     // snapshot), never a panic. A failed recovery leaves the store as it was.
     for len in 0..data.len() {
@@ -136,7 +249,61 @@ fn unknown_or_damaged_snapshots_are_errors() {
 }
 
 #[test]
-fn well_formed_but_inconsistent_trees_are_errors() {
+fn well_formed_but_inconsistent_binary_trees_are_errors() {
+    // Records that parse but do not make a tree, each with a valid checksum.
+    let cases: Vec<Vec<u8>> = vec![
+        // Fewer children than announced, more, a duplicate, a nameless or slashed child,
+        // a named root, a key as root, nanoseconds out of range, unknown flags, a value
+        // that is not UTF-8, a length past the end, no tree at all.
+        V2::new(1).dir("", 0, 2).key("a", 1, 1, "v").done(),
+        V2::new(1)
+            .dir("", 0, 1)
+            .key("a", 1, 1, "v")
+            .key("b", 1, 1, "v")
+            .done(),
+        V2::new(1)
+            .dir("", 0, 2)
+            .key("a", 1, 1, "v")
+            .key("a", 1, 1, "v")
+            .done(),
+        V2::new(1).dir("", 0, 1).key("", 1, 1, "v").done(),
+        V2::new(1).dir("", 0, 1).key("a/b", 1, 1, "v").done(),
+        V2::new(1).dir("r", 0, 0).done(),
+        V2::new(1).key("", 0, 0, "v").done(),
+        V2::new(1)
+            .dir("", 0, 1)
+            .key_with_expiry("a", 5, 1_000_000_000)
+            .done(),
+        V2::new(1)
+            .dir("", 0, 1)
+            .bytes(b"a")
+            .raw(&[1, 0, 4, 1, b'v'])
+            .done(),
+        V2::new(1)
+            .dir("", 0, 1)
+            .bytes(b"a")
+            .raw(&[1, 0, 0, 1, 0xff])
+            .done(),
+        V2::new(1)
+            .dir("", 0, 1)
+            .bytes(b"a")
+            .raw(&[1, 0, 0, 9, b'v'])
+            .done(),
+        V2::new(1).done(),
+    ];
+    let mut r = Store::new(&[]);
+    for case in &cases {
+        assert!(r.recovery(case).is_err(), "{case:?}");
+    }
+    // And the smallest valid one, with an expiry before the epoch.
+    let data = V2::new(1).dir("", 0, 1).key_with_expiry("a", -1, 5).done();
+    r.recovery(&data).unwrap();
+    assert_eq!(r.index(), 1);
+    assert!(r.has_ttl_keys());
+}
+
+#[test]
+fn well_formed_but_inconsistent_format_1_trees_are_errors() {
     // Records that parse but do not make a tree, each with a valid checksum.
     let with_crc = |body: &str| {
         let crc = crc32c::crc32c(body.as_bytes());

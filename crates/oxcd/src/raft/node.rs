@@ -63,9 +63,10 @@ pub trait Applier: Send {
     /// These reads may now be served from the local state machine (everything up to their
     /// read index is applied).
     fn reads_ready(&mut self, ids: &[u64]);
-    /// The state machine state at the last applied index, as a job that encodes it. The
-    /// job may run on another thread while entries keep being applied, so it must own a
-    /// copy of the state.
+    /// The state machine state at the last applied index, as a job that yields its encoding.
+    /// The job may run on another thread while entries keep being applied, so it must own
+    /// what it yields (the state encoded already, or a copy to encode). The time this call
+    /// takes is time applying waits (logged as `state_ms`).
     fn snapshot_job(&mut self) -> SnapshotJob;
     /// Replaces the state machine with a snapshot received from the leader. An error means
     /// the data cannot be read; the member stops rather than serve a state it does not have.
@@ -100,7 +101,7 @@ pub enum ConfDecision {
     Refuse(crate::membership::MemberError),
 }
 
-/// Encodes a copy of the state machine for a snapshot.
+/// Yields the encoded state machine for a snapshot.
 pub type SnapshotJob = Box<dyn FnOnce() -> Vec<u8> + Send>;
 
 /// Sends raft messages to peers. Must not block the raft thread.
@@ -256,7 +257,7 @@ impl SnapshotTask {
             let _ = done.send(SnapshotDone::Taken(snap));
             return;
         };
-        let copied_ms = started.elapsed().as_millis() as u64;
+        let state_ms = started.elapsed().as_millis() as u64;
         let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
         let failed = done.clone();
         let spawned = std::thread::Builder::new()
@@ -271,7 +272,7 @@ impl SnapshotTask {
                             index,
                             term,
                             bytes = size,
-                            copy_ms = copied_ms,
+                            state_ms,
                             took_ms = started.elapsed().as_millis() as u64,
                             file = %path.display(),
                             "snap: snapshot file written"

@@ -106,7 +106,7 @@ fn conf_record(kind: ConfChangeType, node_id: u64, decision: ConfDecision) -> Ve
 
 /// What a snapshot of a simulated member holds: the applied log, the store and the
 /// membership (members with their peer URLs, removed IDs).
-type SavedLog = (Applied, String, Vec<(u64, Vec<String>)>, Vec<u64>);
+type SavedLog = (Applied, Vec<u8>, Vec<(u64, Vec<String>)>, Vec<u64>);
 
 fn view_of_saved(saved: &SavedLog) -> MembershipView {
     MembershipView {
@@ -163,7 +163,7 @@ impl Log {
         self.store
             .lock()
             .unwrap()
-            .recovery(store.as_bytes())
+            .recovery(&store)
             .map_err(|e| e.to_string())?;
         self.index.store(index, Ordering::Relaxed);
         Ok(())
@@ -208,7 +208,7 @@ impl Applier for Log {
     }
     fn snapshot_job(&mut self) -> super::SnapshotJob {
         let log = self.applied.lock().unwrap().clone();
-        let store = String::from_utf8(self.store.lock().unwrap().save()).unwrap();
+        let store = self.store.lock().unwrap().save();
         let view = self.view.lock().unwrap().clone();
         let saved: SavedLog = (
             log,
