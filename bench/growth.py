@@ -282,15 +282,19 @@ class Runner:
             time.sleep(0.01)
         return None
 
-    def settled(self, server, p, log_path, guard, n, rec, phase):
-        """Waits until the server is idle: (seconds waited, VmRSS, VmHWM), or None when the
+    def settled(self, server, p, log_path, guard, n, rec, phase, prefix):
+        """Waits until the server is idle and records the wait and VmRSS/VmHWM then in rec
+        ({prefix}settle_s, rss_{prefix}settled_mb, hwm_{prefix}settled_mb). False when the
         memory guard tripped meanwhile (recorded in rec as over limit in this phase)."""
         settle = self.wait_idle(server, p, log_path, deadline_s=max(120, n / 2000))
         if guard.tripped_kb is not None:
             rec["over_limit"] = {"phase": phase, "rss_mb": guard.tripped_kb / 1024}
-            return None
+            return False
         rss, hwm = proc_status(p.pid)
-        return settle, rss, hwm
+        rec[f"{prefix}settle_s"] = settle
+        rec[f"rss_{prefix}settled_mb"] = rss and rss / 1024
+        rec[f"hwm_{prefix}settled_mb"] = hwm and hwm / 1024
+        return True
 
     def wait_idle(self, server, p, log_path, deadline_s, window=2.0, max_cpu=0.04):
         """Seconds until the server used at most max_cpu CPU seconds over `window` seconds
@@ -377,12 +381,8 @@ class Runner:
                 rec["error"] = f"{n - rep['ok']} puts failed: {rep['errors']}"
             print(f"[{server} N={n}] loaded at {rep['throughput']:.0f} keys/s; waiting until idle",
                   file=sys.stderr, flush=True)
-            got = self.settled(server, p, log1, guard, n, rec, "settle")
-            if got is None:
+            if not self.settled(server, p, log1, guard, n, rec, "settle", ""):
                 return rec
-            settle, rss_s, hwm_s = got
-            rec.update(settle_s=settle, rss_settled_mb=rss_s and rss_s / 1024,
-                       hwm_settled_mb=hwm_s and hwm_s / 1024)
             for key in ("/v2/keys/bench/" + "0" * key_size, last_key):
                 if self.get(key, timeout=10) != 200:
                     rec["error"] = f"GET {key} failed after the load"
@@ -422,12 +422,8 @@ class Runner:
                 rec["error"] = f"the restarted server exited (see {log2})"
                 return rec
             rec.update(rss_restart_mb=rss / 1024, hwm_restart_mb=hwm / 1024)
-            got = self.settled(server, p, log2, guard, n, rec, "restart-settle")
-            if got is None:
+            if not self.settled(server, p, log2, guard, n, rec, "restart-settle", "restart_"):
                 return rec
-            settle, rss, hwm = got
-            rec.update(restart_settle_s=settle, rss_restart_settled_mb=rss and rss / 1024,
-                       hwm_restart_settled_mb=hwm and hwm / 1024)
             rec["error"] = self.foreign_writes(n, rec, "after restart") or rec["error"]
             return rec
         finally:
