@@ -2,7 +2,10 @@
 //! store and prints the resident memory they added per key, the snapshot's bytes per key,
 //! and the time to encode the snapshot and to restore a store from it.
 //!
-//! usage: cargo run --release -p oxcd-v2store --example bytes_per_key [N [VALUE_BYTES]]
+//! usage: cargo run --release -p oxcd-v2store --example bytes_per_key [N [VALUE_BYTES [random]]]
+//!
+//! Values are one repeated letter (as oxcd-bench writes them), or with `random` random
+//! letters and digits (no repeats for LZ4 to find: snapshot compression gains nothing).
 //!
 //! The floor is the name and value bytes themselves (8 + VALUE_BYTES). Resident memory is
 //! read from /proc/self/status (Linux), so it includes the allocator's overhead.
@@ -28,13 +31,30 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     let value_len: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(64);
-    let value = "v".repeat(value_len);
+    let random = args.next().as_deref() == Some("random");
+    // xorshift64: a fixed sequence, no dependency.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next_value = move || -> String {
+        if !random {
+            return "v".repeat(value_len);
+        }
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        (0..value_len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(ALPHABET[(state % ALPHABET.len() as u64) as usize])
+            })
+            .collect()
+    };
     let now = SystemTime::now();
     let before = rss_kib();
     let mut store = Store::new(&["/0", "/1"]);
     let started = Instant::now();
     for i in 0..n {
         let path = format!("/1/bench/{i:08}");
+        let value = next_value();
         if let Err(e) = store.set(&path, false, &value, TtlOptions::default(), now) {
             eprintln!("set {path}: {e}");
             std::process::exit(1);
@@ -42,8 +62,9 @@ fn main() {
     }
     let loaded = started.elapsed();
     let per_key = |kib: u64| kib as f64 * 1024.0 / n as f64;
+    let kind = if random { "random" } else { "repeated-letter" };
     println!(
-        "keys: {n}, floor {} bytes a key (name + value)",
+        "keys: {n}, {kind} values, floor {} bytes a key (name + value)",
         8 + value_len
     );
     println!(
@@ -57,6 +78,19 @@ fn main() {
         data.len() as f64 / n as f64,
         started.elapsed()
     );
+    let started = Instant::now();
+    let compressed = oxcd_v2store::compress_snapshot(data.clone());
+    println!(
+        "snapshot file (compressed): {:.1} bytes a key, compressed in {:.2?}",
+        compressed.len() as f64 / n as f64,
+        started.elapsed()
+    );
+    let started = Instant::now();
+    if let Err(e) = Store::new(&[]).recovery(&compressed) {
+        eprintln!("recovery from the compressed snapshot: {e}");
+        std::process::exit(1);
+    }
+    println!("restore from it: {:.2?}", started.elapsed());
     let mut restored = Store::new(&["/0", "/1"]);
     let started = Instant::now();
     if let Err(e) = restored.recovery(&data) {
@@ -64,4 +98,11 @@ fn main() {
         std::process::exit(1);
     }
     println!("restore: {:.2?}", started.elapsed());
+    let started = Instant::now();
+    let again = restored.save();
+    println!(
+        "snapshot of the restored store ({} bytes): encoded in {:.2?}",
+        again.len(),
+        started.elapsed()
+    );
 }

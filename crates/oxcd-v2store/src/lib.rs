@@ -23,6 +23,7 @@ mod snapshot;
 mod store;
 mod watcher;
 
+pub use snapshot::compress as compress_snapshot;
 pub use store::{is_clean_path, RecoveryError, Store, TtlOptions};
 pub use watcher::{WatchOutcome, WatchSink, WatcherId};
 

@@ -29,6 +29,13 @@
 //! beyond lengths: a reader streams `(path, node)` pairs by keeping the path of the open
 //! directories.
 //!
+//! Format 3 is format 2 compressed: the text line `oxcd-v2store snapshot 3`, the length of
+//! the format 2 bytes after their first line (varint), then those bytes as one LZ4 block
+//! ([`compress`]; format 2's checksum, inside, covers the decompressed bytes). Keys and
+//! values are mostly text, paths share prefixes and indexes grow by one, so files shrink
+//! several times; LZ4 costs ~0.1 s per 100 MB to write and less to read, on the snapshot
+//! thread, not where entries are applied.
+//!
 //! Still read: format 1 (text, one JSON array a node: `[name, created, modified, expire,
 //! payload]` with `expire` as `null` or `[seconds, nanoseconds]`, after a `{"index":N}`
 //! line and before a `crc32c <8 hex digits>` line), and the oldest format — `{"index":…,
@@ -79,6 +86,54 @@ pub fn encode(index: u64, root: &Node) -> Vec<u8> {
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
+}
+
+/// Format 2 bytes (what [`encode`] wrote) as format 3, or as they are if that is no smaller.
+pub fn compress(encoded: Vec<u8>) -> Vec<u8> {
+    let Some(body) = encoded.strip_prefix(FORMAT_2_LINE.as_bytes()) else {
+        return encoded;
+    };
+    let mut out = Vec::with_capacity(body.len() / 2 + 64);
+    out.extend_from_slice(MAGIC.as_bytes());
+    out.extend_from_slice(b"3\n");
+    write_varint(&mut out, body.len() as u64);
+    out.extend_from_slice(&lz4_flex::block::compress(body));
+    if out.len() >= encoded.len() {
+        return encoded;
+    }
+    out
+}
+
+/// The first line of format 2.
+const FORMAT_2_LINE: &str = "oxcd-v2store snapshot 2\n";
+
+/// LZ4 expands a block at most about 255 times: a claimed length beyond that is damage, not
+/// a reason to allocate.
+const LZ4_MAX_RATIO: u64 = 255;
+
+/// Format 3: decompressed, then read as format 2.
+fn decode_v3(data: &[u8]) -> Result<(u64, Node), String> {
+    let header_len = MAGIC.len() + "3\n".len();
+    let mut r = Reader {
+        data: data.get(header_len..).ok_or("truncated snapshot")?,
+    };
+    let len = r
+        .varint()
+        .map_err(|e| format!("bad snapshot header: {e}"))?;
+    let block = r.data;
+    if len > (block.len() as u64).saturating_mul(LZ4_MAX_RATIO) {
+        return Err("corrupted snapshot (impossible decompressed length)".into());
+    }
+    // Format 2's first line, then the block decompressed in place behind it.
+    let line = FORMAT_2_LINE.len();
+    let mut plain = vec![0; line + len as usize];
+    plain[..line].copy_from_slice(FORMAT_2_LINE.as_bytes());
+    let n = lz4_flex::block::decompress_into(block, &mut plain[line..])
+        .map_err(|e| format!("corrupted snapshot (LZ4: {e})"))?;
+    if n as u64 != len {
+        return Err("corrupted snapshot (decompressed length differs)".into());
+    }
+    decode_v2(&plain)
 }
 
 fn write_varint(out: &mut Vec<u8>, mut n: u64) {
@@ -156,10 +211,11 @@ pub fn decode(data: &[u8]) -> Result<(u64, Node), String> {
             .and_then(|v| v.parse::<u32>().ok())
             .ok_or("bad snapshot version line")?;
         return match version {
+            3 => decode_v3(data),
             2 => decode_v2(data),
             1 => decode_v1(data),
             _ => Err(format!(
-                "snapshot format {version} is not supported (this build reads 1 and 2)"
+                "snapshot format {version} is not supported (this build reads 1 to 3)"
             )),
         };
     }

@@ -754,9 +754,6 @@ impl Store {
         snapshot::encode(self.index, &self.root)
     }
 
-    /// Replaces the state with a snapshot's (format 2, or format 1 or the old nested JSON
-    /// that earlier versions wrote). Watchers stay registered. A damaged snapshot is an error and leaves
-    /// the store as it was.
     /// Checks that `state` is a snapshot `recovery` would accept, without touching the store
     /// (a member refuses a snapshot it cannot read before raft commits to it).
     pub fn check_snapshot(state: &[u8]) -> std::result::Result<(), RecoveryError> {
@@ -767,6 +764,9 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces the state with a snapshot's (format 2 or 3, or format 1 or the old nested
+    /// JSON that earlier versions wrote). Watchers stay registered. A damaged snapshot is an
+    /// error and leaves the store as it was.
     pub fn recovery(&mut self, state: &[u8]) -> std::result::Result<(), RecoveryError> {
         let (index, root) = snapshot::decode(state).map_err(RecoveryError)?;
         if !root.is_dir() {

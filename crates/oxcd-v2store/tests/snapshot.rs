@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use oxcd_api::v2::ErrorCode;
-use oxcd_v2store::{Store, TtlOptions};
+use oxcd_v2store::{compress_snapshot, Store, TtlOptions};
 
 fn now() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
@@ -141,6 +141,87 @@ fn the_binary_format_round_trips_and_is_compact() {
     assert_eq!(per_key, 6.0 + 64.0 + 5.0, "bytes per key");
 }
 
+/// A store of `n` keys like a service registry's: JSON values sharing most of their text.
+fn registry(n: usize) -> Store {
+    let mut s = Store::new(&["/0", "/1"]);
+    for i in 0..n {
+        let value = format!(
+            "{{\"host\":\"10.0.{}.{}\",\"port\":{},\"weight\":10,\"zone\":\"eu-west-1\"}}",
+            i / 250,
+            i % 250,
+            8000 + i % 100
+        );
+        s.set(&format!("/1/services/api/{i:06}"), false, &value, P, now())
+            .unwrap();
+    }
+    s
+}
+
+#[test]
+fn format_3_is_format_2_compressed_and_round_trips() {
+    let s = registry(2000);
+    let plain = s.save();
+    let packed = compress_snapshot(plain.clone());
+    assert!(packed.starts_with(b"oxcd-v2store snapshot 3\n"));
+    assert!(
+        packed.len() * 3 < plain.len(),
+        "{} of {}",
+        packed.len(),
+        plain.len()
+    );
+    let mut r = Store::new(&["/0", "/1"]);
+    r.recovery(&packed).unwrap();
+    assert_eq!(r.index(), s.index());
+    assert_eq!(r.save().len(), plain.len());
+    let a = r
+        .get("/1/services/api/001999", false, false, now())
+        .unwrap();
+    assert_eq!(
+        a.node.unwrap().value.as_deref(),
+        Some("{\"host\":\"10.0.7.249\",\"port\":8099,\"weight\":10,\"zone\":\"eu-west-1\"}")
+    );
+    // What compression would not shrink, or what is not format 2, stays as it is.
+    let tiny = Store::new(&[]).save();
+    assert_eq!(compress_snapshot(tiny.clone()), tiny);
+    assert_eq!(compress_snapshot(b"other".to_vec()), b"other".to_vec());
+}
+
+#[test]
+fn damaged_format_3_snapshots_are_errors_not_panics() {
+    let packed = compress_snapshot(registry(50).save());
+    assert!(packed.starts_with(b"oxcd-v2store snapshot 3\n"));
+    let mut r = sample();
+    let before = dump(&r);
+    for len in 0..packed.len() {
+        assert!(r.recovery(&packed[..len]).is_err(), "truncated to {len}");
+    }
+    // A flipped bit in the LZ4 block may point a match at other bytes equal to the right
+    // ones: the same tree, which format 2's checksum (inside) accepts. Anything else is an
+    // error.
+    let listing = |s: &Store| {
+        let all = s.get("/", true, true, now()).unwrap();
+        (s.index(), serde_json::to_string(&all).unwrap())
+    };
+    let mut original = Store::new(&[]);
+    original.recovery(&packed).unwrap();
+    let original = listing(&original);
+    for bit in 0..packed.len() * 8 {
+        let mut flipped = packed.clone();
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        if r.recovery(&flipped).is_ok() {
+            assert_eq!(listing(&r), original, "bit {bit} flipped");
+            r = sample();
+        }
+    }
+    // A length no LZ4 block of this size could hold is refused before allocating it.
+    let mut huge = b"oxcd-v2store snapshot 3\n".to_vec();
+    huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+    huge.extend_from_slice(&[0x10, b'x']);
+    let e = r.recovery(&huge).unwrap_err();
+    assert!(e.to_string().contains("impossible"), "{e}");
+    assert_eq!(dump(&r), before);
+}
+
 #[test]
 fn a_handwritten_format_2_snapshot_is_read() {
     let data = V2::new(7)
@@ -219,7 +300,7 @@ fn unknown_or_damaged_snapshots_are_errors() {
     let mut r = sample();
     let before = dump(&r);
     let mut other_version = data.clone();
-    other_version[b"oxcd-v2store snapshot ".len()] = b'3';
+    other_version[b"oxcd-v2store snapshot ".len()] = b'4';
     let bad: Vec<Vec<u8>> = vec![
         Vec::new(),
         b"garbage".to_vec(),
@@ -234,7 +315,7 @@ fn unknown_or_damaged_snapshots_are_errors() {
         assert!(r.recovery(b).is_err(), "{:?}", String::from_utf8_lossy(b));
     }
     let e = r.recovery(&other_version).unwrap_err();
-    assert!(e.to_string().contains("format 3"), "{e}");
+    assert!(e.to_string().contains("format 4"), "{e}");
     // Every truncation and every single-bit flip: an error (or, by chance, a valid
     // snapshot), never a panic. A failed recovery leaves the store as it was.
     for len in 0..data.len() {

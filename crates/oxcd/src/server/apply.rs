@@ -345,13 +345,14 @@ impl Applier for ServerApplier {
     fn snapshot_job(&mut self) -> crate::raft::SnapshotJob {
         // Encoded here, under the read lock (reads go on; applying waits): as fast as copying
         // the tree to encode on the snapshot thread, with no copy of the tree in memory.
+        // Compressed on the snapshot thread, while entries are applied.
         let data = self
             .shared
             .store
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .save();
-        Box::new(move || data)
+        Box::new(move || oxcd_v2store::compress_snapshot(data))
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
