@@ -30,6 +30,7 @@ usage: bench/growth.py [--sizes 100000,1000000,5000000] [--etcd /usr/bin/etcd]
                        [--oxcd target/release/oxcd] [--bench target/release/oxcd-bench]
                        [--data-root DIR] [--port P] [--val-size 64] [--conns 128]
                        [--rss-limit-mb 18000] [--out results.jsonl] [--only etcd|oxcd]
+                       [--random-values]
                        [--snapshot-count K] [--report]
   The client URL is on P (default 26379), the peer URL on P+1; keep P below 32768 (outside
   Linux's ephemeral range). Data dirs and logs go to DIR/growth-<server>-<N>[.log,
@@ -326,7 +327,7 @@ class Runner:
         shutil.rmtree(d, ignore_errors=True)
         binary = a.etcd if server == "etcd" else a.oxcd
         rec = {"server": server, "n": n, "version": self.version(binary),
-               "val_size": a.val_size, "conns": a.conns,
+               "val_size": a.val_size, "random_values": a.random_values, "conns": a.conns,
                "snapshot_count": a.snapshot_count if a.snapshot_count is not None else "default",
                "rss_limit_mb": a.rss_limit_mb, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "over_limit": None, "error": None, "data_dir": d}
@@ -351,7 +352,7 @@ class Runner:
             cmd = [a.bench, "--endpoints", f"http://127.0.0.1:{a.port}", "--clients", str(a.conns),
                    "--conns", str(a.conns), "--val-size", str(a.val_size), "--key-size",
                    str(key_size), "--key-space", str(n), "--total", str(n), "--json",
-                   "put", "--sequential-keys"]
+                   "put", "--sequential-keys"] + (["--random-values"] if a.random_values else [])
             print(f"[{server} N={n}] loading: {' '.join(cmd)}", file=sys.stderr, flush=True)
             with open(blog, "wb") as bl:
                 t0 = time.monotonic()
@@ -542,6 +543,9 @@ def main():
     ap.add_argument("--port", type=int, default=26379)
     ap.add_argument("--val-size", type=int, default=64)
     ap.add_argument("--conns", type=int, default=128)
+    ap.add_argument("--random-values", action="store_true",
+                    help="a fresh random value per key (oxcd-bench --random-values): data the "
+                         "servers cannot compress")
     ap.add_argument("--rss-limit-mb", type=int, default=18000)
     ap.add_argument("--out", default="results.jsonl")
     ap.add_argument("--only", choices=["etcd", "oxcd"])

@@ -51,6 +51,10 @@ pub struct Cli {
     /// Value length in bytes.
     #[arg(long, global = true, default_value_t = 8)]
     pub val_size: usize,
+    /// A fresh random value (letters and digits) for every PUT, instead of one value for all:
+    /// data a server cannot compress.
+    #[arg(long, global = true)]
+    pub random_values: bool,
     /// Number of distinct keys.
     #[arg(long, global = true, default_value_t = 1)]
     pub key_space: u64,
@@ -141,6 +145,7 @@ pub struct Config {
     pub rate: Option<f64>,
     pub key_size: usize,
     pub val_size: usize,
+    pub random_values: bool,
     pub key_space: u64,
     pub json: bool,
     pub prefix: String,
@@ -219,6 +224,7 @@ pub fn validate(cli: Cli) -> Result<Config, String> {
         rate: (cli.rate > 0.0).then_some(cli.rate),
         key_size: cli.key_size,
         val_size: cli.val_size,
+        random_values: cli.random_values,
         key_space: cli.key_space,
         json: cli.json,
         prefix,

@@ -86,6 +86,15 @@ pub fn put_body(len: usize) -> Bytes {
     Bytes::from(format!("value={}", value(len)))
 }
 
+/// A PUT body like [`put_body`] with `len` random URL-safe bytes.
+pub fn random_put_body(len: usize, rng: &mut Rng) -> Bytes {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut body = Vec::with_capacity("value=".len() + len);
+    body.extend_from_slice(b"value=");
+    body.extend((0..len).map(|_| ALPHABET[rng.below(ALPHABET.len() as u64) as usize]));
+    Bytes::from(body)
+}
+
 /// The `?quorum=true` suffix of a read, if asked for.
 pub fn get_query(quorum: bool) -> &'static str {
     if quorum {
@@ -103,6 +112,19 @@ pub fn ttl_refresh_query(ttl: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_put_bodies_differ_and_keep_their_length_and_alphabet() {
+        let mut rng = Rng::new(7);
+        let a = random_put_body(64, &mut rng);
+        let b = random_put_body(64, &mut rng);
+        assert_ne!(a, b);
+        for body in [&a, &b] {
+            let value = body.strip_prefix(b"value=").expect("a form body");
+            assert_eq!(value.len(), 64);
+            assert!(value.iter().all(u8::is_ascii_alphanumeric));
+        }
+    }
 
     #[test]
     fn key_names_are_key_size_bytes() {

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::args::{Config, Stop, Workload};
 use crate::client::{status_error, Conn, Endpoint, ReqError};
-use crate::keys::{get_query, put_body, ttl_refresh_query, KeySpace, Rng};
+use crate::keys::{get_query, put_body, random_put_body, ttl_refresh_query, KeySpace, Rng};
 use crate::progress::{Limiter, Progress};
 use crate::stats::{Errors, Recorder, Report};
 
@@ -23,6 +23,8 @@ struct Ctx {
     conns: Vec<Mutex<Conn>>,
     keys: KeySpace,
     put_body: Bytes,
+    /// A fresh random value per PUT (`--random-values`) instead of `put_body`.
+    random_values: Option<usize>,
     workload: Workload,
     stop: Stop,
     deadline: OnceLock<Instant>,
@@ -48,6 +50,14 @@ impl Ctx {
         }
     }
 
+    /// A PUT's body.
+    fn body(&self, rng: &mut Rng) -> Bytes {
+        match self.random_values {
+            Some(len) => random_put_body(len, rng),
+            None => self.put_body.clone(),
+        }
+    }
+
     /// The `seq`-th request: method, path, body, and whether it is a write.
     fn request(&self, seq: u64, rng: &mut Rng) -> (Method, String, Option<Bytes>, bool) {
         let read = |quorum, rng: &mut Rng| {
@@ -57,7 +67,7 @@ impl Ctx {
         match self.workload {
             Workload::Put { sequential_keys } => {
                 let path = self.keys.pick(seq, sequential_keys, rng);
-                (Method::PUT, path, Some(self.put_body.clone()), true)
+                (Method::PUT, path, Some(self.body(rng)), true)
             }
             Workload::Get { quorum } => read(quorum, rng),
             Workload::Mixed { read_ratio, quorum } => {
@@ -65,7 +75,7 @@ impl Ctx {
                     read(quorum, rng)
                 } else {
                     let path = self.keys.pick(seq, false, rng);
-                    (Method::PUT, path, Some(self.put_body.clone()), true)
+                    (Method::PUT, path, Some(self.body(rng)), true)
                 }
             }
             Workload::Ttl { ttl } => {
@@ -95,6 +105,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
             .collect(),
         keys: KeySpace::new(&cfg.prefix, cfg.key_size, cfg.key_space),
         put_body: put_body(cfg.val_size),
+        random_values: cfg.random_values.then_some(cfg.val_size),
         workload: cfg.workload.clone(),
         stop: cfg.stop,
         deadline: OnceLock::new(),

@@ -4,8 +4,9 @@
 //!
 //! usage: cargo run --release -p oxcd-v2store --example bytes_per_key [N [VALUE_BYTES [random]]]
 //!
-//! Values are one repeated letter (as oxcd-bench writes them), or with `random` random
-//! letters and digits (no repeats for LZ4 to find: snapshot compression gains nothing).
+//! Values are one repeated letter (one value for every key, as oxcd-bench writes by default),
+//! or with `random` random letters and digits (no repeats for LZ4 to find: snapshot
+//! compression gains nothing).
 //!
 //! The floor is the name and value bytes themselves (8 + VALUE_BYTES). Resident memory is
 //! read from /proc/self/status (Linux), so it includes the allocator's overhead.
