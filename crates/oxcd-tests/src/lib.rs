@@ -17,6 +17,26 @@ use serde_json::Value;
 /// Path of Debian's etcd server, the oracle.
 pub const ETCD: &str = "/usr/bin/etcd";
 
+/// The flags of a member on `data_dir` with one client and one peer URL, each both listened
+/// on and advertised (a test adds its name, cluster and timing flags).
+pub fn member_url_args(data_dir: &Path, client: &str, peer: &str) -> Vec<String> {
+    [
+        "--data-dir",
+        &data_dir.to_string_lossy(),
+        "--listen-client-urls",
+        client,
+        "--advertise-client-urls",
+        client,
+        "--listen-peer-urls",
+        peer,
+        "--initial-advertise-peer-urls",
+        peer,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// A free loopback port for a server to listen on.
 ///
 /// Taken below Linux's ephemeral range (32768–60999): a port the kernel picked for us
@@ -104,26 +124,18 @@ impl Member {
         let (cp, pp) = (free_port(), free_port());
         let client = format!("{client}://127.0.0.1:{cp}");
         let peer = format!("{peer}://127.0.0.1:{pp}");
-        let mut args: Vec<String> = [
-            "--name",
-            "default",
-            "--data-dir",
-            &dir.0.join("data").to_string_lossy(),
-            "--enable-v2=true",
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &format!("default={peer}"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args = member_url_args(&dir.0.join("data"), &client, &peer);
+        args.extend(
+            [
+                "--name",
+                "default",
+                "--enable-v2=true",
+                "--initial-cluster",
+                &format!("default={peer}"),
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut m = Member::new(binary, dir, client, args);
         m.env = env

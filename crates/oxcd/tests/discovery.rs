@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oxcd_tests::cluster::FAST_TIMING;
-use oxcd_tests::{free_port, request, Member, TempDir, ETCD};
+use oxcd_tests::{free_port, member_url_args, request, Member, TempDir, ETCD};
 use serde_json::Value;
 
 fn oxcd() -> &'static Path {
@@ -30,25 +30,8 @@ fn discovery_member(name: &str, durl: &str, extra: &[&str]) -> (Member, String) 
     let (cp, pp) = (free_port(), free_port());
     let client = format!("http://127.0.0.1:{cp}");
     let peer = format!("http://127.0.0.1:{pp}");
-    let mut args: Vec<String> = [
-        "--name",
-        name,
-        "--data-dir",
-        &dir.0.join("data").to_string_lossy(),
-        "--listen-client-urls",
-        &client,
-        "--advertise-client-urls",
-        &client,
-        "--listen-peer-urls",
-        &peer,
-        "--initial-advertise-peer-urls",
-        &peer,
-        "--discovery",
-        durl,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = member_url_args(&dir.0.join("data"), &client, &peer);
+    args.extend(["--name", name, "--discovery", durl].map(String::from));
     args.extend(FAST_TIMING.iter().map(|s| s.to_string()));
     args.extend(extra.iter().map(|s| s.to_string()));
     (Member::new(oxcd(), dir, client, args), peer)

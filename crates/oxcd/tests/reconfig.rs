@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use oxcd_tests::cluster::{check_converged, try_put, Ack, Cluster, Load, FAST_TIMING};
 use oxcd_tests::etcdctl;
-use oxcd_tests::{curl, free_port, Member, Pair, TempDir};
+use oxcd_tests::{curl, free_port, member_url_args, Member, Pair, TempDir};
 use serde_json::Value;
 
 fn oxcd() -> &'static Path {
@@ -131,21 +131,7 @@ fn start_joining(env: &[(String, String)], peer: &str, extra: &[&str]) -> Member
     let name = &env[0].1;
     let dir = TempDir::new(name);
     let client = format!("http://127.0.0.1:{}", free_port());
-    let mut args: Vec<String> = [
-        "--data-dir",
-        &dir.0.join("data").to_string_lossy(),
-        "--listen-client-urls",
-        &client,
-        "--advertise-client-urls",
-        &client,
-        "--listen-peer-urls",
-        peer,
-        "--initial-advertise-peer-urls",
-        peer,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = member_url_args(&dir.0.join("data"), &client, peer);
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut m = Member::new(oxcd(), dir, client, args);
     m.env = env.to_vec();
@@ -852,21 +838,7 @@ fn joining_with_a_mismatched_initial_cluster_is_refused() {
     let dir = TempDir::new("mismatch");
     let data = dir.0.join("data");
     let client = format!("http://127.0.0.1:{}", free_port());
-    let args: Vec<String> = [
-        "--data-dir",
-        &data.to_string_lossy(),
-        "--listen-client-urls",
-        &client,
-        "--advertise-client-urls",
-        &client,
-        "--listen-peer-urls",
-        &peer,
-        "--initial-advertise-peer-urls",
-        &peer,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = member_url_args(&data, &client, &peer);
     let mut m = Member::new(oxcd(), dir, client, args);
     m.env = wrong;
     m.spawn_no_wait();

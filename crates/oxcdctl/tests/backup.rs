@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oxcd_tests::cluster::FAST_TIMING;
-use oxcd_tests::{free_port, request, Member, TempDir};
+use oxcd_tests::{free_port, member_url_args, request, Member, TempDir};
 use serde_json::Value;
 
 /// The `oxcd` binary of this build, built if missing or stale.
@@ -51,29 +51,21 @@ fn oxcd_binary() -> PathBuf {
 
 /// The member's command line on `data` (same name, URLs and token each time: same IDs).
 fn member_args(data: &Path, client: &str, peer: &str) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "--name",
-        "default",
-        "--data-dir",
-        &data.to_string_lossy(),
-        "--listen-client-urls",
-        client,
-        "--advertise-client-urls",
-        client,
-        "--listen-peer-urls",
-        peer,
-        "--initial-advertise-peer-urls",
-        peer,
-        "--initial-cluster",
-        &format!("default={peer}"),
-        "--initial-cluster-token",
-        "backup-test",
-        "--snapshot-count",
-        "100",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut a = member_url_args(data, client, peer);
+    a.extend(
+        [
+            "--name",
+            "default",
+            "--initial-cluster",
+            &format!("default={peer}"),
+            "--initial-cluster-token",
+            "backup-test",
+            "--snapshot-count",
+            "100",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     a.extend(FAST_TIMING.iter().map(|s| s.to_string()));
     a
 }
