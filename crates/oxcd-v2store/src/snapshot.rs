@@ -62,16 +62,16 @@ const TRAILER_V1: &str = "crc32c ";
 const FLAG_DIR: u8 = 1;
 const FLAG_EXPIRE: u8 = 2;
 
-/// Encodes the store's index and tree (format 2).
-pub fn encode(index: u64, root: &Node) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4096);
+/// Encodes the store's index and tree (format 2) into a buffer of at least `capacity` bytes.
+pub fn encode(index: u64, root: &Node, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity.max(4096));
     out.extend_from_slice(MAGIC.as_bytes());
     out.extend_from_slice(format!("{VERSION}\n").as_bytes());
     write_varint(&mut out, index);
     write_record(&mut out, root);
     if let Some(children) = root.children.as_ref().filter(|c| !c.is_empty()) {
         // Pre-order with an explicit stack of the open directories' remaining children.
-        let mut stack = vec![children.iter()];
+        let mut stack = vec![in_memory_order(children)];
         while let Some(rest) = stack.last_mut() {
             let Some(child) = rest.next() else {
                 stack.pop();
@@ -79,13 +79,24 @@ pub fn encode(index: u64, root: &Node) -> Vec<u8> {
             };
             write_record(&mut out, child);
             if let Some(grandchildren) = child.children.as_ref().filter(|c| !c.is_empty()) {
-                stack.push(grandchildren.iter());
+                stack.push(in_memory_order(grandchildren));
             }
         }
     }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
+}
+
+/// A directory's children in the order they lie in memory. The order of siblings in a
+/// snapshot is free, and the table's order is its hash order: walking the nodes (and their
+/// names and values, allocated beside them) by address instead turns a cache and TLB miss
+/// per key into a sequential read, which makes encoding a large store several times faster
+/// (the apply thread waits for it).
+fn in_memory_order(children: &Children) -> std::vec::IntoIter<&Node> {
+    let mut nodes: Vec<&Node> = children.iter().collect();
+    nodes.sort_unstable_by_key(|n| std::ptr::from_ref::<Node>(n).addr());
+    nodes.into_iter()
 }
 
 /// Format 2 bytes (what [`encode`] wrote) as format 3, or as they are if that is no smaller.

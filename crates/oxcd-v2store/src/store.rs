@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -73,6 +73,9 @@ pub struct Store {
     stats: Stats,
     /// The root and the namespace directories: no operation may change them.
     readonly: BTreeSet<String>,
+    /// The size of the last snapshot [`Store::save`] encoded: the next one's buffer is sized
+    /// from it, so it is not grown (and copied) a dozen times while applying waits.
+    last_save_len: AtomicUsize,
 }
 
 /// A held-back notification: an event for its key's watchers, or a path removed with a
@@ -168,6 +171,7 @@ impl Store {
             readonly: std::iter::once("/".to_string())
                 .chain(namespaces.iter().map(|ns| clean(ns).into_owned()))
                 .collect(),
+            last_save_len: AtomicUsize::new(0),
         }
     }
 
@@ -751,7 +755,10 @@ impl Store {
     /// plus a few bytes), so callers encode under the read lock instead of copying the tree
     /// to encode elsewhere: one pass instead of two, and no second tree in memory.
     pub fn save(&self) -> Vec<u8> {
-        snapshot::encode(self.index, &self.root)
+        let last = self.last_save_len.load(Ordering::Relaxed);
+        let data = snapshot::encode(self.index, &self.root, last + last / 8);
+        self.last_save_len.store(data.len(), Ordering::Relaxed);
+        data
     }
 
     /// Checks that `state` is a snapshot `recovery` would accept, without touching the store

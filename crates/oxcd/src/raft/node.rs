@@ -245,7 +245,8 @@ enum SnapshotDone {
 }
 
 impl SnapshotTask {
-    fn run(self, job: SnapshotJob) {
+    /// `queued_ms`: how long the task waited for the apply thread (entries before it).
+    fn run(self, queued_ms: u64, job: SnapshotJob) {
         let SnapshotTask {
             mut snap,
             writer,
@@ -272,6 +273,7 @@ impl SnapshotTask {
                             index,
                             term,
                             bytes = size,
+                            queued_ms,
                             state_ms,
                             took_ms = started.elapsed().as_millis() as u64,
                             file = %path.display(),
@@ -326,7 +328,10 @@ impl<A: Applier> ApplyLoop<A> {
                 self.status.applied_index.store(index, Ordering::Release);
             }
             ApplyWork::Reads(ids) => self.applier.reads_ready(&ids),
-            ApplyWork::Snapshot(task) => task.run(self.applier.snapshot_job()),
+            ApplyWork::Snapshot(task) => {
+                let queued_ms = task.started.elapsed().as_millis() as u64;
+                task.run(queued_ms, self.applier.snapshot_job())
+            }
         }
         Ok(())
     }
