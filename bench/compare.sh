@@ -8,9 +8,10 @@
 #                         [--etcd PATH] [--client oxcd-bench|wrk] -- <workload and options>
 #   e.g. bench/compare.sh -- put --clients 64 --conns 64 --total 20000 --val-size 256 --key-space 100000
 #   With --client wrk (Debian's wrk, a second, independent load generator), the workload is
-#   put|get [--threads T] [--conns C] [--duration S] [--val-size N] [--key-space N]
+#   put|get [--threads T] [--conns C] [--duration S] [--val-size N] [--key-space N] [--quorum]
 #   (defaults 2, 64, 6, 256, 100000): wrk -tT -cC -dS with random keys bench/<8 digits>;
-#   get first fills the key space (oxcd-bench, untimed). wrk loads the first member; the
+#   get first fills the key space (oxcd-bench, untimed); --quorum makes the GETs
+#   ?quorum=true (linearizable: through raft). wrk loads the first member; the
 #   percentiles are wrk's.
 #
 # Builds with `cargo build --release -p oxcd -p oxcd-bench` (honours CARGO_TARGET_DIR and
@@ -20,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rounds=3 members=1 data_root=${TMPDIR:-/tmp} port=24379 etcd_bin=/usr/bin/etcd client=oxcd-bench
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
     case $1 in
         --rounds) rounds=$2; shift 2 ;;
@@ -42,9 +43,16 @@ bench_args=("$@")
 if [[ $client == wrk ]]; then
     command -v wrk >/dev/null || { echo "compare.sh: wrk is not installed (apt-get install wrk)" >&2; exit 2; }
     wrk_op=${bench_args[0]} wrk_threads=2 wrk_conns=64 wrk_duration=6 wrk_val=256 wrk_space=100000
+    wrk_query=""
     [[ $wrk_op == put || $wrk_op == get ]] || { echo "compare.sh: with --client wrk the workload is put or get" >&2; exit 2; }
     set -- "${bench_args[@]:1}"
     while [[ $# -gt 0 ]]; do
+        if [[ $1 == --quorum ]]; then
+            [[ $wrk_op == get ]] || { echo "compare.sh: --quorum is for get" >&2; exit 2; }
+            wrk_query="?quorum=true"
+            shift
+            continue
+        fi
         case $1 in
             --threads) wrk_threads=$2 ;;
             --conns) wrk_conns=$2 ;;
@@ -84,7 +92,7 @@ function request()
   if "$method" == "PUT" then
     return wrk.format("PUT", path, {["Content-Type"] = "application/x-www-form-urlencoded"}, "value=$value")
   end
-  return wrk.format("GET", path)
+  return wrk.format("GET", path .. "$wrk_query")
 end
 function done(summary, latency, requests)
   local e = summary.errors
