@@ -5,6 +5,8 @@
 //! RFC 3339 time format etcd prints, and JSON with Go's escapes ([`json`]). Serde only: no
 //! I/O, no clock.
 
+#![forbid(unsafe_code)]
+
 pub mod json;
 pub mod time;
 pub mod v2;

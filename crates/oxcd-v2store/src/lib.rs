@@ -17,6 +17,8 @@
 //! Deviations from etcd: snapshots do not carry the event history. As in etcd, children are
 //! unordered (a hash map) and only `sorted=true` listings come out sorted.
 
+#![forbid(unsafe_code)]
+
 mod history;
 mod node;
 mod snapshot;

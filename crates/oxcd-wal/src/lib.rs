@@ -49,6 +49,8 @@
 //!   read, reporting a damaged tail instead of cutting it) and
 //!   [`Snapshotter::read_file`]: `Wal::open` and `Snapshotter::load_newest` repair.
 
+#![forbid(unsafe_code)]
+
 mod direct;
 pub mod failpoint;
 mod fsutil;

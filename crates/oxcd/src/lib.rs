@@ -19,6 +19,7 @@ pub mod discovery;
 pub mod failstop;
 pub mod http;
 pub mod membership;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod raft;

@@ -238,6 +238,8 @@ pub async fn run(opts: ServerOptions, listeners: Listeners) -> anyhow::Result<()
         }
     }
     tracing::info!("ready to serve client requests");
+    // What the restart's snapshot decode and replay freed.
+    crate::memory::release_soon();
     for (_, l) in &client_listeners {
         if l.tls.is_some() {
             tracing::info!("serving client requests on {}", l.addr);

@@ -406,6 +406,9 @@ pub async fn serve_keys(server: &Arc<EtcdServer>, req: KeyRequest) -> Response<R
     local_read(server, &req).await
 }
 
+/// A listing at least this large (about 100,000 keys) was a large transient.
+const LARGE_ANSWER: usize = 8 << 20;
+
 /// Reads the store locally and builds the answer. A recursive read copies and encodes a
 /// whole subtree — seconds for a large one — so it runs on the blocking pool: the
 /// runtime's workers keep carrying the peer traffic (the leader's heartbeats and their
@@ -414,19 +417,35 @@ async fn local_read(server: &Arc<EtcdServer>, req: &KeyRequest) -> Response<Resp
     let (path, recursive, sorted) = (req.path.clone(), req.recursive, req.sorted);
     let no_value_on_success = req.no_value_on_success;
     if !recursive {
-        let res = server.get(&path, recursive, sorted);
-        return result_response(server, res, no_value_on_success);
+        return read_answer(server, &path, false, sorted, no_value_on_success);
     }
     let server = Arc::clone(server);
     let read = tokio::task::spawn_blocking(move || {
-        let res = server.get(&path, recursive, sorted);
-        result_response(&server, res, no_value_on_success)
+        read_answer(&server, &path, true, sorted, no_value_on_success)
     });
     match read.await {
         Ok(resp) => resp,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => error_response(&crate::server::ServerError::Stopped.to_v2()),
     }
+}
+
+/// A GET's answer from the store.
+fn read_answer(
+    server: &EtcdServer,
+    path: &str,
+    recursive: bool,
+    sorted: bool,
+    no_value_on_success: bool,
+) -> Response<RespBody> {
+    let res = server.get(path, recursive, sorted);
+    let resp = result_response(server, res, no_value_on_success);
+    // The copy of the listed nodes is freed by now, and the answer soon: a large one
+    // leaves its pages with the allocator unless they are handed back.
+    if matches!(resp.body(), RespBody::Full(Some(b)) if b.len() >= LARGE_ANSWER) {
+        crate::memory::release_soon();
+    }
+    resp
 }
 
 fn serve_watch(server: &Arc<EtcdServer>, req: &KeyRequest) -> Response<RespBody> {

@@ -280,6 +280,8 @@ impl SnapshotTask {
                             "snap: snapshot file written"
                         );
                         let _ = done.send(SnapshotDone::Saved(snap));
+                        // The encoded and compressed copies of the store are freed.
+                        crate::memory::release_soon();
                     }
                     Err(e) => {
                         crate::failstop::fatal(format_args!(
