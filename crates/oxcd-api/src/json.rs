@@ -157,6 +157,11 @@ pub fn to_string<T: Serialize + ?Sized>(value: &T) -> String {
 /// Writes `n` in decimal (also the value of etcd's index headers).
 pub fn write_u64(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
+    out.extend_from_slice(format_u64(&mut digits, n));
+}
+
+/// The decimal digits of `n`, written at the end of `digits` (20 is room for any `u64`).
+pub fn format_u64(digits: &mut [u8; 20], n: u64) -> &[u8] {
     let mut at = digits.len();
     let mut rest = n;
     loop {
@@ -167,7 +172,7 @@ pub fn write_u64(out: &mut Vec<u8>, n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[at..]);
+    &digits[at..]
 }
 
 /// Starts a field: a comma unless it is the object's first.
@@ -291,6 +296,15 @@ mod tests {
     use crate::v2::Action;
     use std::sync::Arc;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn numbers_are_written_as_decimal() {
+        for n in [0, 7, 10, 99, 1_000_000, u64::MAX] {
+            let mut out = Vec::new();
+            write_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn strings_are_escaped_as_etcd_escapes_them() {

@@ -231,6 +231,9 @@ impl Store {
         self.history.add(Arc::clone(&arc), refresh);
         if !refresh {
             match &mut self.deferred {
+                // With no watcher now, none is owed this event: one registering before the
+                // flush starts past it or finds it in the history.
+                Some(_) if self.hub.count() == 0 => {}
                 Some(held) => held.push(Deferred::Event(Arc::clone(&arc))),
                 None => self.hub.notify(&arc),
             }
@@ -277,6 +280,12 @@ impl Store {
     /// event reaches only watchers whose start index it has reached.
     pub fn defer_notifications(&mut self) {
         self.deferred.get_or_insert_with(Vec::new);
+    }
+
+    /// Whether changes are held back for [`Store::flush_notifications`] (only ever while
+    /// someone watches).
+    pub fn has_held_notifications(&self) -> bool {
+        self.deferred.as_ref().is_some_and(|held| !held.is_empty())
     }
 
     /// Notifies the watchers of every change held back since the last call, in order.
@@ -394,7 +403,9 @@ impl Store {
         // The current value: a refresh keeps it. (A failed walk other than "not found" —
         // a file on the way — is the error etcd reports.)
         let current = match self.walk(&path) {
-            Ok(n) => Some(n.value().to_string()),
+            // Copied only for a refresh, which writes it back.
+            Ok(n) if ttl.refresh => Some(n.value().to_string()),
+            Ok(_) => None,
             Err(e) if e.code == ErrorCode::KeyNotFound => None,
             Err(e) => return Err(e),
         };

@@ -223,6 +223,44 @@ fn deferred_notifications_arrive_at_the_flush_as_they_would_without_deferral() {
 }
 
 #[test]
+fn with_nobody_watching_nothing_is_held_back_and_nothing_is_owed() {
+    let mut s = store();
+    s.defer_notifications();
+    let set = s.set("/1/k", false, "v", P, now()).unwrap();
+    assert!(!s.has_held_notifications(), "no watcher, nothing to hold");
+    // A watcher registering before the flush: of the next change only, or of this one
+    // from the history.
+    let next = Sink::default();
+    s.watch("/1/k", false, false, 0, Box::new(next.clone()))
+        .unwrap();
+    match s
+        .watch(
+            "/1/k",
+            false,
+            false,
+            set.etcd_index,
+            Box::new(Sink::default()),
+        )
+        .unwrap()
+    {
+        WatchOutcome::Ready(e) => assert_eq!(e.index(), set.etcd_index),
+        _ => panic!("the change is in the history"),
+    }
+    s.flush_notifications();
+    assert!(
+        next.0.lock().unwrap().is_empty(),
+        "not owed the earlier change"
+    );
+    // Now someone watches: the next change is held until the flush.
+    s.set("/1/k", false, "w", P, now()).unwrap();
+    assert!(s.has_held_notifications());
+    assert!(next.0.lock().unwrap().is_empty());
+    s.flush_notifications();
+    assert!(!s.has_held_notifications());
+    assert_eq!(next.0.lock().unwrap().len(), 1);
+}
+
+#[test]
 fn snapshot_round_trip() {
     let mut s = store();
     s.set("/1/a", false, "1", P, now()).unwrap();

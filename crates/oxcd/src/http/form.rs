@@ -26,6 +26,15 @@ impl Form {
         self.first(key).unwrap_or("")
     }
 
+    /// First value of `key`, or "", moved out of the form (which keeps "" in its place).
+    pub fn take_value(&mut self, key: &str) -> String {
+        self.pairs
+            .iter_mut()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| std::mem::take(v))
+            .unwrap_or_default()
+    }
+
     /// First value of `key` if the key is present.
     pub fn first(&self, key: &str) -> Option<&str> {
         self.pairs

@@ -83,11 +83,11 @@ fn get_bool(form: &Form, key: &str) -> Result<bool, ()> {
 }
 
 /// Parses a keys request. `url_path` is the decoded, clean URL path (`/v2/keys/...`);
-/// `form` holds body and query values (body first), `form_err` the first form parse error.
+/// `owned` holds body and query values (body first), `form_err` the first form parse error.
 pub fn parse_key_request(
     method: &Method,
     url_path: &str,
-    form: &Form,
+    mut owned: Form,
     form_err: Option<&str>,
     now: SystemTime,
 ) -> Result<KeyRequest, V2Error> {
@@ -98,6 +98,7 @@ pub fn parse_key_request(
         return Err(req_err(ErrorCode::InvalidForm, "incorrect key prefix"));
     };
     let path = path_join(STORE_KEYS_PREFIX, rest);
+    let form = &owned;
 
     let prev_index = get_u64(form, "prevIndex")
         .map_err(|_| req_err(ErrorCode::IndexNaN, "invalid value for \"prevIndex\""))?;
@@ -179,7 +180,7 @@ pub fn parse_key_request(
     Ok(KeyRequest {
         method: method.clone(),
         path,
-        value: form.value("value").to_string(),
+        value: owned.take_value("value"),
         dir,
         prev_value,
         prev_index,
@@ -206,9 +207,21 @@ impl KeyRequest {
 
     /// The replicated request for a write or quorum read (etcd's apply-side dispatch, decided
     /// here so the log carries a typed request).
-    pub fn to_v2_request(&self) -> Option<V2Request> {
-        let path = self.path.clone();
-        let value = self.value.clone();
+    #[cfg(test)]
+    fn to_v2_request(&self) -> Option<V2Request> {
+        self.clone().take_v2_request()
+    }
+
+    /// The replicated request for a write or quorum read, or `None` (and the request is
+    /// left as it was). The path and value move into it, uncopied.
+    pub fn take_v2_request(&mut self) -> Option<V2Request> {
+        let replicated = matches!(self.method, Method::POST | Method::PUT | Method::DELETE)
+            || (self.method == Method::GET && self.quorum);
+        if !replicated {
+            return None;
+        }
+        let path = std::mem::take(&mut self.path);
+        let value = std::mem::take(&mut self.value);
         Some(match self.method {
             Method::POST => V2Request::Create {
                 path,
@@ -270,12 +283,11 @@ impl KeyRequest {
                     }
                 }
             }
-            Method::GET if self.quorum => V2Request::QuorumGet {
+            _ => V2Request::QuorumGet {
                 path,
                 recursive: self.recursive,
                 sorted: self.sorted,
             },
-            _ => return None,
         })
     }
 }
@@ -308,10 +320,15 @@ fn raft_headers(resp: &mut Response<RespBody>, server: &EtcdServer, etcd_index: 
 /// The header value of a number. Responses repeat the same numbers (the term nearly always;
 /// the indexes across a burst of reads or of watch events), so each worker thread keeps the
 /// last value of each of the three headers (`slot`) and hands out clones, which share bytes.
+/// New values are cut from a block of digits the thread fills (no allocation of their own:
+/// under writes both indexes are new in every answer).
 fn number_header(slot: usize, n: u64) -> HeaderValue {
     use std::cell::RefCell;
+    /// Room for about 200 numbers; a new block when the room left cannot hold one more.
+    const BLOCK: usize = 4096;
     thread_local! {
         static LAST: RefCell<[Option<(u64, HeaderValue)>; 3]> = const { RefCell::new([None, None, None]) };
+        static DIGITS: RefCell<bytes::BytesMut> = RefCell::new(bytes::BytesMut::new());
     }
     LAST.with(|last| {
         let mut last = last.borrow_mut();
@@ -320,11 +337,17 @@ fn number_header(slot: usize, n: u64) -> HeaderValue {
                 return value.clone();
             }
         }
-        let mut digits = Vec::with_capacity(20);
-        oxcd_api::json::write_u64(&mut digits, n);
-        // One allocation (`HeaderValue::from(u64)` makes two), and only ASCII digits.
-        let value = HeaderValue::from_maybe_shared(Bytes::from(digits))
-            .expect("digits are a valid header value");
+        let mut digits = [0u8; 20];
+        let text = oxcd_api::json::format_u64(&mut digits, n);
+        let bytes = DIGITS.with(|block| {
+            let mut block = block.borrow_mut();
+            if block.capacity() - block.len() < text.len() {
+                *block = bytes::BytesMut::with_capacity(BLOCK);
+            }
+            block.extend_from_slice(text);
+            block.split().freeze()
+        });
+        let value = HeaderValue::from_maybe_shared(bytes).expect("digits are a valid header value");
         last[slot] = Some((n, value.clone()));
         value
     })
@@ -332,6 +355,28 @@ fn number_header(slot: usize, n: u64) -> HeaderValue {
 
 fn is_created(ev: &Event) -> bool {
     ev.action == Action::Create || (ev.action == Action::Set && ev.prev_node.is_none())
+}
+
+/// An event's JSON line, in a buffer of its own size: written in a buffer each worker
+/// thread keeps (no regrowth per answer), then copied once (one allocation).
+fn encode_event(ev: &Event) -> Bytes {
+    use std::cell::RefCell;
+    /// A larger scratch buffer, left by an exceptional event, is not kept.
+    const KEEP: usize = 64 << 10;
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        buf.clear();
+        ev.write_json(&mut buf);
+        buf.push(b'\n');
+        let body = Bytes::copy_from_slice(&buf);
+        if buf.capacity() > KEEP {
+            *buf = Vec::new();
+        }
+        body
+    })
 }
 
 /// Writes an event as etcd's `writeKeyEvent` does.
@@ -352,11 +397,8 @@ pub fn event_response(
         ev.node = None;
         ev.prev_node = None;
     }
-    // Sized for a typical event, so the writer does not regrow it a few times per response.
-    let mut buf = Vec::with_capacity(512);
-    ev.write_json(&mut buf);
-    buf.push(b'\n');
-    let mut resp = Response::new(RespBody::full(Bytes::from(buf)));
+    let body = encode_event(&ev);
+    let mut resp = Response::new(RespBody::full(body));
     if created {
         *resp.status_mut() = StatusCode::CREATED;
     }
@@ -379,21 +421,15 @@ fn result_response(
 }
 
 /// Serves one parsed keys request.
-pub async fn serve_keys(server: &Arc<EtcdServer>, req: KeyRequest) -> Response<RespBody> {
-    if let Some(v2) = req.to_v2_request() {
-        if matches!(
-            v2,
-            V2Request::QuorumGet {
-                recursive: true,
-                ..
-            }
-        ) {
-            // Linearizable, then read locally like any recursive GET (below).
-            if let Err(e) = server.wait_readable().await {
-                return error_response(&e.to_v2());
-            }
-            return local_read(server, &req).await;
+pub async fn serve_keys(server: &Arc<EtcdServer>, mut req: KeyRequest) -> Response<RespBody> {
+    if req.method == Method::GET && req.quorum && req.recursive {
+        // Linearizable, then read locally like any recursive GET (below).
+        if let Err(e) = server.wait_readable().await {
+            return error_response(&e.to_v2());
         }
+        return local_read(server, &req).await;
+    }
+    if let Some(v2) = req.take_v2_request() {
         return match server.do_v2(v2).await {
             Ok(res) => result_response(server, res, req.no_value_on_success),
             Err(e) => error_response(&e.to_v2()),
@@ -508,7 +544,7 @@ mod tests {
 
     fn parse(method: Method, path: &str, query: &str) -> Result<KeyRequest, V2Error> {
         let (form, err) = parse_query(query.as_bytes());
-        parse_key_request(&method, path, &form, err.as_deref(), SystemTime::now())
+        parse_key_request(&method, path, form, err.as_deref(), SystemTime::now())
     }
 
     #[test]
@@ -594,13 +630,13 @@ mod tests {
     fn ttl_becomes_absolute_expiry() {
         let now = SystemTime::now();
         let (form, _) = parse_query(b"ttl=5");
-        let r = parse_key_request(&Method::PUT, "/v2/keys/a", &form, None, now).unwrap();
+        let r = parse_key_request(&Method::PUT, "/v2/keys/a", form.clone(), None, now).unwrap();
         assert_eq!(
             r.expiration,
             Some(time_to_unix_nanos(now + Duration::from_secs(5)))
         );
         let (form, _) = parse_query(b"ttl=");
-        let r = parse_key_request(&Method::PUT, "/v2/keys/a", &form, None, now).unwrap();
+        let r = parse_key_request(&Method::PUT, "/v2/keys/a", form.clone(), None, now).unwrap();
         assert_eq!(r.expiration, None);
     }
 }

@@ -537,11 +537,11 @@ async fn keys_request(
     if form_err.is_none() {
         form_err = qerr;
     }
-    let parsed =
-        match parse_key_request(method, path, &form, form_err.as_deref(), SystemTime::now()) {
-            Ok(r) => r,
-            Err(e) => return error_response(&e),
-        };
+    let parsed = match parse_key_request(method, path, form, form_err.as_deref(), SystemTime::now())
+    {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
     if let Some(creds) = &creds {
         // etcd checks access after parsing: a malformed request gets its parse error.
         let key = &path[KEYS_PREFIX.len()..];

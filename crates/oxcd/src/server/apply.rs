@@ -200,7 +200,7 @@ impl Applier for ServerApplier {
         let shared = Arc::clone(&self.shared);
         let mut results: Vec<(u64, ApplyResult)> = Vec::with_capacity(entries.len());
         let mut auth_changed = false;
-        {
+        let held = {
             let mut store = shared.store.write().unwrap_or_else(|e| e.into_inner());
             for entry in entries {
                 if entry.data.is_empty() {
@@ -235,7 +235,8 @@ impl Applier for ServerApplier {
             shared
                 .has_ttl_keys
                 .store(store.has_ttl_keys(), Ordering::Relaxed);
-        }
+            store.has_held_notifications()
+        };
         // Answer the writers first, after releasing the store lock so they can read at
         // once; then wake the batch's watchers. (A write to a key with 10,000 watchers would
         // otherwise queue its writer's answer behind 10,000 watcher wakeups.)
@@ -245,11 +246,14 @@ impl Applier for ServerApplier {
                 .map(|(id, res)| (id, Outcome::Applied(res)))
                 .collect(),
         );
-        shared
-            .store
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .flush_notifications();
+        // Nothing is held back while nobody watches: then no second lock.
+        if held {
+            shared
+                .store
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .flush_notifications();
+        }
     }
 
     fn apply_conf_change(&mut self, index: u64, cc: &ConfChange, decision: ConfDecision) {
