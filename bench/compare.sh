@@ -5,7 +5,7 @@
 # CPU time per 1000 requests (all members) and their peak RSS (VmHWM, largest member).
 #
 # usage: bench/compare.sh [--rounds N] [--members 1|3] [--data-root DIR] [--port P]
-#                         [--etcd PATH] [--client oxcd-bench|wrk] -- <workload and options>
+#                         [--etcd PATH] [--client oxcd-bench|wrk|python] -- <workload and options>
 #   e.g. bench/compare.sh -- put --clients 64 --conns 64 --total 20000 --val-size 256 --key-space 100000
 #   With --client wrk (Debian's wrk, a second, independent load generator), the workload is
 #   put|get [--threads T] [--conns C] [--duration S] [--val-size N] [--key-space N] [--quorum]
@@ -13,6 +13,8 @@
 #   get first fills the key space (oxcd-bench, untimed); --quorum makes the GETs
 #   ?quorum=true (linearizable: through raft). wrk loads the first member; the
 #   percentiles are wrk's.
+#   With --client python (bench/watch_client.py, a second watch client), the workload is
+#   watch [--watchers N] [--writes W] [--rate R] [--val-size N] [--timeout S], as oxcd-bench's.
 #
 # Builds with `cargo build --release -p oxcd -p oxcd-bench` (honours CARGO_TARGET_DIR and
 # CARGO_BUILD_JOBS). Member k listens for clients on P+2k and for peers on P+2k+1
@@ -21,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rounds=3 members=1 data_root=${TMPDIR:-/tmp} port=24379 etcd_bin=/usr/bin/etcd client=oxcd-bench
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
     case $1 in
         --rounds) rounds=$2; shift 2 ;;
@@ -39,7 +41,14 @@ done
 [[ $members == 1 || $members == 3 ]] || { echo "compare.sh: --members must be 1 or 3" >&2; exit 2; }
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --rounds must be a positive integer" >&2; exit 2; }
 bench_args=("$@")
-[[ $client == oxcd-bench || $client == wrk ]] || { echo "compare.sh: --client must be oxcd-bench or wrk" >&2; exit 2; }
+[[ $client == oxcd-bench || $client == wrk || $client == python ]] || { echo "compare.sh: --client must be oxcd-bench, wrk or python" >&2; exit 2; }
+if [[ $client == python ]]; then
+    [[ ${bench_args[0]} == watch ]] || { echo "compare.sh: with --client python the workload is watch" >&2; exit 2; }
+    for a in "${bench_args[@]:1}"; do
+        [[ $a != --* || $a == --watchers || $a == --writes || $a == --rate || $a == --val-size || $a == --timeout ]] ||
+            { echo "compare.sh: unknown python watch option $a" >&2; exit 2; }
+    done
+fi
 if [[ $client == wrk ]]; then
     command -v wrk >/dev/null || { echo "compare.sh: wrk is not installed (apt-get install wrk)" >&2; exit 2; }
     wrk_op=${bench_args[0]} wrk_threads=2 wrk_conns=64 wrk_duration=6 wrk_val=256 wrk_space=100000
@@ -221,6 +230,10 @@ run_one() {
         fi
         if ! wrk -t"$wrk_threads" -c"$wrk_conns" -d"${wrk_duration}s" -s "$work/wrk.lua" "$first" >"$out"; then
             echo "compare.sh: wrk failed against $kind (round $round)" >&2
+        fi
+    elif [[ $client == python ]]; then
+        if ! python3 bench/watch_client.py --endpoint "${endpoints%%,*}" "${bench_args[@]:1}" >"$out"; then
+            echo "compare.sh: watch_client.py reported a failure against $kind (round $round)" >&2
         fi
     elif ! "$bench_bin" --endpoints "$endpoints" --json "${bench_args[@]}" >"$out"; then
         echo "compare.sh: oxcd-bench reported a failure against $kind (round $round)" >&2
