@@ -158,6 +158,17 @@ fn watches_history_recursive_and_cleared() {
     assert_eq!(err.code, ErrorCode::EventIndexCleared);
 }
 
+/// A watch of `key` from `index` is answered at once, from the history.
+fn answered_from_history(s: &mut Store, key: &str, index: u64) {
+    match s
+        .watch(key, false, false, index, Box::new(Sink::default()))
+        .unwrap()
+    {
+        WatchOutcome::Ready(e) => assert_eq!(e.index(), index),
+        _ => panic!("the change at {index} is in the history"),
+    }
+}
+
 #[test]
 fn deferred_notifications_arrive_at_the_flush_as_they_would_without_deferral() {
     let mut s = store();
@@ -176,19 +187,7 @@ fn deferred_notifications_arrive_at_the_flush_as_they_would_without_deferral() {
     );
     assert!(stream.0.lock().unwrap().is_empty());
     // Registering in between: an index already changed is answered from the history...
-    match s
-        .watch(
-            "/1/k",
-            false,
-            false,
-            set.etcd_index,
-            Box::new(Sink::default()),
-        )
-        .unwrap()
-    {
-        WatchOutcome::Ready(e) => assert_eq!(e.index(), set.etcd_index),
-        _ => panic!("the held-back change is in the history"),
-    }
+    answered_from_history(&mut s, "/1/k", set.etcd_index);
     // ...and a watcher of what comes next does not get the held-back changes.
     s.watch("/1/k", false, false, 0, Box::new(late_new.clone()))
         .unwrap();
@@ -233,19 +232,7 @@ fn with_nobody_watching_nothing_is_held_back_and_nothing_is_owed() {
     let next = Sink::default();
     s.watch("/1/k", false, false, 0, Box::new(next.clone()))
         .unwrap();
-    match s
-        .watch(
-            "/1/k",
-            false,
-            false,
-            set.etcd_index,
-            Box::new(Sink::default()),
-        )
-        .unwrap()
-    {
-        WatchOutcome::Ready(e) => assert_eq!(e.index(), set.etcd_index),
-        _ => panic!("the change is in the history"),
-    }
+    answered_from_history(&mut s, "/1/k", set.etcd_index);
     s.flush_notifications();
     assert!(
         next.0.lock().unwrap().is_empty(),
