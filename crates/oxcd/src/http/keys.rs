@@ -558,6 +558,46 @@ mod tests {
         assert_eq!(number_header(1, 5).to_str().unwrap(), "5");
         assert_eq!(number_header(2, 9).to_str().unwrap(), "9");
         assert_eq!(number_header(1, 5).to_str().unwrap(), "5");
+        // Values cut from the per-thread block stay intact while later ones fill it and the
+        // next blocks (a thousand 20-digit numbers span several).
+        let kept: Vec<(u64, HeaderValue)> = (0..1000u64)
+            .map(|i| u64::MAX - i * 7919)
+            .map(|n| (n, number_header((n % 3) as usize, n)))
+            .collect();
+        for (n, value) in kept {
+            assert_eq!(value.to_str().unwrap(), n.to_string());
+        }
+    }
+
+    /// An answer's bytes are its own: the per-thread scratch buffer they were written in
+    /// is reused by the next answer, including after an event too large for it to keep.
+    #[test]
+    fn encoded_events_do_not_share_the_scratch_buffer() {
+        let event = |key: &str, value: String| {
+            let mut node = oxcd_api::v2::NodeExtern::default();
+            node.key = key.to_string();
+            node.value = Some(value.into());
+            (node.modified_index, node.created_index) = (7, 7);
+            Event {
+                action: Action::Set,
+                node: Some(node),
+                prev_node: None,
+                etcd_index: 7,
+            }
+        };
+        let small = encode_event(&event("/a", "1".into()));
+        let large = encode_event(&event("/b", "x".repeat(200_000)));
+        let after = encode_event(&event("/c", "2".into()));
+        let text = |b: &Bytes| String::from_utf8(b.to_vec()).unwrap();
+        assert_eq!(
+            text(&small),
+            "{\"action\":\"set\",\"node\":{\"key\":\"/a\",\"value\":\"1\",\"modifiedIndex\":7,\"createdIndex\":7}}\n"
+        );
+        assert!(text(&large).contains(&"x".repeat(200_000)));
+        assert_eq!(
+            text(&after),
+            text(&small).replace("/a", "/c").replace("\"1\"", "\"2\"")
+        );
     }
 
     #[test]
