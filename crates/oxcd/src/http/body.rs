@@ -92,10 +92,7 @@ fn encode_event(ev: &Arc<Event>) -> Bytes {
         }
         let mut trimmed = Event::clone(ev);
         trimmed.trim_prefix(STORE_KEYS_PREFIX);
-        let mut buf = Vec::with_capacity(512);
-        trimmed.write_json(&mut buf);
-        buf.push(b'\n');
-        let bytes = Bytes::from(buf);
+        let bytes = super::keys::event_json_line(&trimmed);
         *slot = Some((Arc::clone(ev), bytes.clone()));
         bytes
     })

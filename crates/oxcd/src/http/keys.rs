@@ -357,9 +357,10 @@ fn is_created(ev: &Event) -> bool {
     ev.action == Action::Create || (ev.action == Action::Set && ev.prev_node.is_none())
 }
 
-/// An event's JSON line, in a buffer of its own size: written in a buffer each worker
-/// thread keeps (no regrowth per answer), then copied once (one allocation).
-fn encode_event(ev: &Event) -> Bytes {
+/// An event's JSON line (an answer's body, a watch event), in a buffer of its own size:
+/// written in a buffer each worker thread keeps (no regrowth per answer), then copied once
+/// (one allocation).
+pub(crate) fn event_json_line(ev: &Event) -> Bytes {
     use std::cell::RefCell;
     /// A larger scratch buffer, left by an exceptional event, is not kept.
     const KEEP: usize = 64 << 10;
@@ -397,7 +398,7 @@ pub fn event_response(
         ev.node = None;
         ev.prev_node = None;
     }
-    let body = encode_event(&ev);
+    let body = event_json_line(&ev);
     let mut resp = Response::new(RespBody::full(body));
     if created {
         *resp.status_mut() = StatusCode::CREATED;
@@ -585,9 +586,9 @@ mod tests {
                 etcd_index: 7,
             }
         };
-        let small = encode_event(&event("/a", "1".into()));
-        let large = encode_event(&event("/b", "x".repeat(200_000)));
-        let after = encode_event(&event("/c", "2".into()));
+        let small = event_json_line(&event("/a", "1".into()));
+        let large = event_json_line(&event("/b", "x".repeat(200_000)));
+        let after = event_json_line(&event("/c", "2".into()));
         let text = |b: &Bytes| String::from_utf8(b.to_vec()).unwrap();
         assert_eq!(
             text(&small),
