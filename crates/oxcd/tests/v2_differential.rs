@@ -331,3 +331,125 @@ fn json_strings_are_escaped_byte_for_byte_as_etcd_escapes_them() {
     }
     p.finish();
 }
+
+/// One answer read off a raw connection: status, header names (sorted), and the reply.
+struct RawAnswer {
+    header_names: Vec<String>,
+    reply: Reply,
+}
+
+/// Splits a connection's bytes into its HTTP/1.1 answers (Content-Length or chunked).
+fn split_answers(mut bytes: &[u8]) -> Vec<RawAnswer> {
+    let mut answers = Vec::new();
+    while !bytes.is_empty() {
+        let end = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a complete head");
+        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        bytes = &bytes[end + 4..];
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines.next().expect("status line")[9..12]
+            .parse()
+            .expect("status code");
+        let mut header_names = Vec::new();
+        let (mut length, mut chunked, mut etcd_index, mut content_type) = (0, false, None, "");
+        for line in lines {
+            let (name, value) = line.split_once(": ").expect("a header line");
+            header_names.push(name.to_string());
+            match name {
+                "Content-Length" => length = value.parse().expect("a length"),
+                "Transfer-Encoding" => chunked = value == "chunked",
+                "X-Etcd-Index" => etcd_index = value.parse().ok(),
+                "Content-Type" => content_type = value,
+                _ => {}
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                let eol = bytes
+                    .windows(2)
+                    .position(|w| w == b"\r\n")
+                    .expect("chunk size");
+                let size = usize::from_str_radix(std::str::from_utf8(&bytes[..eol]).unwrap(), 16)
+                    .expect("hex chunk size");
+                body.extend_from_slice(&bytes[eol + 2..eol + 2 + size]);
+                bytes = &bytes[eol + 2 + size + 2..];
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            body.extend_from_slice(&bytes[..length]);
+            bytes = &bytes[length..];
+        }
+        header_names.sort();
+        answers.push(RawAnswer {
+            header_names,
+            reply: Reply {
+                status,
+                etcd_index,
+                content_type: content_type.to_string(),
+                body: String::from_utf8_lossy(&body).into_owned(),
+            },
+        });
+    }
+    answers
+}
+
+/// Sends `requests` in one write on one connection and reads until the server closes it.
+fn pipelined(client_url: &str, requests: &[u8]) -> Vec<RawAnswer> {
+    use std::io::{Read, Write};
+    let addr = client_url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(requests).expect("send");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)
+        .expect("read until the server closes");
+    split_answers(&out)
+}
+
+#[test]
+fn pipelined_requests_on_one_connection_are_answered_in_order() {
+    let mut p = pair();
+    let form = "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n";
+    // Go's server refuses an HTTP/1.1 request without Host: every request names one.
+    let requests = [
+        "GET /v2/keys/pipe/a HTTP/1.1\r\nHost: h\r\n\r\n".to_string(),
+        format!("PUT /v2/keys/pipe/a HTTP/1.1\r\nHost: h\r\n{form}\r\nvalue=1"),
+        "GET /v2/keys/pipe/a HTTP/1.1\r\nHost: h\r\n\r\n".to_string(),
+        format!("POST /v2/keys/pipe/q HTTP/1.1\r\nHost: h\r\n{form}\r\nvalue=x"),
+        format!("PUT /v2/keys/pipe/a?prevValue=9 HTTP/1.1\r\nHost: h\r\n{form}\r\nvalue=2"),
+        "GET /v2/keys/pipe?recursive=true&sorted=true HTTP/1.1\r\nHost: h\r\n\r\n".to_string(),
+        // A watch answered from the history, then more requests after it.
+        "GET /v2/keys/pipe/a?wait=true&waitIndex={1} HTTP/1.1\r\nHost: h\r\n\r\n".to_string(),
+        "DELETE /v2/keys/pipe/a HTTP/1.1\r\nHost: h\r\n\r\n".to_string(),
+        "GET /v2/keys/pipe/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".to_string(),
+    ];
+    let (eb, ob) = (p.etcd_base, p.oxcd_base);
+    let send = |url: &str, base: u64| {
+        let all: String = requests.iter().map(|r| templ(r, base)).collect();
+        pipelined(url, all.as_bytes())
+    };
+    let e = send(&p.etcd.client_url, eb);
+    let o = send(&p.oxcd.client_url, ob);
+    assert_eq!(e.len(), requests.len(), "etcd answers every request");
+    assert_eq!(
+        o.len(),
+        requests.len(),
+        "oxcd answers every request, in one connection"
+    );
+    for ((req, e), o) in requests.iter().zip(&e).zip(&o) {
+        let line = req.lines().next().unwrap_or_default();
+        p.compare("pipelined", line, None, &e.reply, &o.reply);
+        if e.header_names != o.header_names {
+            p.mismatches.push(format!(
+                "{line}: header names\n  etcd: {:?}\n  oxcd: {:?}",
+                e.header_names, o.header_names
+            ));
+        }
+    }
+    p.finish();
+}

@@ -15,6 +15,7 @@ pub mod form;
 pub mod keys;
 pub mod members;
 pub mod peer;
+pub mod simple;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -116,7 +117,7 @@ pub async fn serve(
         let server = Arc::clone(&server);
         let Some(acceptor) = tls.clone() else {
             tokio::spawn(async move {
-                serve_connection(TokioIo::new(stream), server, ConnInfo::plain(remote), api).await;
+                serve_stream(stream, server, ConnInfo::plain(remote), api).await;
                 drop(slot);
             });
             continue;
@@ -132,8 +133,7 @@ pub async fn serve(
             // 0x16: a TLS handshake record.
             if first[0] != 0x16 {
                 if plain {
-                    serve_connection(TokioIo::new(stream), server, ConnInfo::plain(remote), api)
-                        .await;
+                    serve_stream(stream, server, ConnInfo::plain(remote), api).await;
                 } else if looks_like_http(&first[..peeked]) {
                     use tokio::io::AsyncWriteExt as _;
                     let mut stream = stream;
@@ -172,7 +172,7 @@ pub async fn serve(
                         remote,
                         cert_common_names: Arc::from(names),
                     };
-                    serve_connection(TokioIo::new(tls), server, conn, api).await
+                    serve_stream(tls, server, conn, api).await
                 }
                 Ok(Err(e)) => tracing::warn!(
                     "http: TLS handshake error from {remote}: {}",
@@ -225,6 +225,18 @@ fn looks_like_http(head: &[u8]) -> bool {
     ]
     .iter()
     .any(|m| m.starts_with(head) || head.starts_with(m))
+}
+
+/// Serves one accepted (and, for TLS, handshaken) connection: a client one through the
+/// simple-request path (`simple.rs`), which hands anything else to hyper.
+async fn serve_stream<S>(io: S, server: Arc<EtcdServer>, conn: ConnInfo, api: Api)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match api {
+        Api::Client => simple::serve(io, server, conn).await,
+        Api::Peer | Api::Metrics => serve_connection(TokioIo::new(io), server, conn, api).await,
+    }
 }
 
 /// Runs hyper's HTTP/1 connection on one accepted (and, for TLS, handshaken) socket.
@@ -306,15 +318,7 @@ pub async fn handle(
     let started = Instant::now();
     let method = req.method().clone();
     let resp = match api {
-        Api::Client => {
-            let origin = match server.cors {
-                Some(_) => req.headers().get(http::header::ORIGIN).cloned(),
-                None => None,
-            };
-            let mut r = route(&server, req, &conn).await;
-            add_cors(&server, origin, &mut r);
-            r
-        }
+        Api::Client => return handle_client(&server, req, &conn).await,
         Api::Peer => route_peer(&server, req).await,
         Api::Metrics => match req.uri().path() {
             "/metrics" => base::metrics(&server, req.method()),
@@ -324,6 +328,40 @@ pub async fn handle(
     };
     metrics::observe_http(&method, resp.status(), started.elapsed());
     resp
+}
+
+/// Serves one request of a client connection, from hyper or from the simple-request path
+/// (`simple.rs`), which hands over its body as bytes.
+pub async fn handle_client<B: ReqBody>(
+    server: &Arc<EtcdServer>,
+    req: Request<B>,
+    conn: &ConnInfo,
+) -> Response<RespBody> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let origin = match server.cors {
+        Some(_) => req.headers().get(http::header::ORIGIN).cloned(),
+        None => None,
+    };
+    let mut resp = route(server, req, conn).await;
+    add_cors(server, origin, &mut resp);
+    metrics::observe_http(&method, resp.status(), started.elapsed());
+    resp
+}
+
+/// A request body the client API reads: hyper's streamed one, or bytes already read.
+pub trait ReqBody:
+    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + 'static
+{
+}
+
+impl<B> ReqBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static
+{
 }
 
 fn redirect(clean: &str, query: Option<&str>, method: &Method) -> Response<RespBody> {
@@ -359,9 +397,9 @@ fn html_escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-async fn route(
+async fn route<B: ReqBody>(
     server: &Arc<EtcdServer>,
-    req: Request<Incoming>,
+    req: Request<B>,
     conn: &ConnInfo,
 ) -> Response<RespBody> {
     if req.method() == Method::OPTIONS {
@@ -434,7 +472,7 @@ async fn route_peer(server: &Arc<EtcdServer>, req: Request<Incoming>) -> Respons
 
 /// The JSON body of a members or auth API request, up to `--max-request-bytes`; one that
 /// cannot be read is empty (Go's JSON decoder then fails on it, and so does ours).
-async fn json_body(server: &EtcdServer, req: Request<Incoming>) -> Bytes {
+async fn json_body<B: ReqBody>(server: &EtcdServer, req: Request<B>) -> Bytes {
     match Limited::new(req.into_body(), server.max_request_bytes)
         .collect()
         .await
@@ -444,9 +482,9 @@ async fn json_body(server: &EtcdServer, req: Request<Incoming>) -> Bytes {
     }
 }
 
-async fn auth_entry(
+async fn auth_entry<B: ReqBody>(
     server: &Arc<EtcdServer>,
-    req: Request<Incoming>,
+    req: Request<B>,
     conn: &ConnInfo,
     path: &str,
 ) -> Response<RespBody> {
@@ -463,9 +501,9 @@ async fn auth_entry(
     auth::serve(server, &method, path, &creds, body, query_ok).await
 }
 
-async fn keys_entry(
+async fn keys_entry<B: ReqBody>(
     server: &Arc<EtcdServer>,
-    req: Request<Incoming>,
+    req: Request<B>,
     conn: &ConnInfo,
     path: String,
 ) -> Response<RespBody> {
@@ -482,9 +520,9 @@ async fn keys_entry(
     resp
 }
 
-async fn keys_request(
+async fn keys_request<B: ReqBody>(
     server: &Arc<EtcdServer>,
-    req: Request<Incoming>,
+    req: Request<B>,
     conn: &ConnInfo,
     method: &Method,
     path: &str,
