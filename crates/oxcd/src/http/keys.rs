@@ -451,11 +451,12 @@ const LARGE_ANSWER: usize = 8 << 20;
 /// runtime's workers keep carrying the peer traffic (the leader's heartbeats and their
 /// answers) and the other clients meanwhile, as Go's scheduler keeps etcd's goroutines going.
 async fn local_read(server: &Arc<EtcdServer>, req: &KeyRequest) -> Response<RespBody> {
-    let (path, recursive, sorted) = (req.path.clone(), req.recursive, req.sorted);
+    let (recursive, sorted) = (req.recursive, req.sorted);
     let no_value_on_success = req.no_value_on_success;
     if !recursive {
-        return read_answer(server, &path, false, sorted, no_value_on_success);
+        return read_answer(server, &req.path, false, sorted, no_value_on_success);
     }
+    let path = req.path.clone();
     let server = Arc::clone(server);
     let read = tokio::task::spawn_blocking(move || {
         read_answer(&server, &path, true, sorted, no_value_on_success)

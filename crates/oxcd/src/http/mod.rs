@@ -531,7 +531,8 @@ async fn keys_request<B: ReqBody>(
     let creds = server
         .auth_enabled()
         .then(|| Credentials::from_request(req.headers(), conn));
-    let query = req.uri().query().unwrap_or("").as_bytes().to_vec();
+    // Parsed now, merged after the body's values (Go's order: body first, then query).
+    let (qform, qerr) = parse_query(req.uri().query().unwrap_or("").as_bytes());
     let is_form = req
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -570,7 +571,6 @@ async fn keys_request<B: ReqBody>(
         // The body is not read; hyper discards it when the response is sent.
         drop(req);
     }
-    let (qform, qerr) = parse_query(&query);
     form.extend(qform);
     if form_err.is_none() {
         form_err = qerr;

@@ -42,6 +42,9 @@ pub const MAX_HEAD: usize = 16 << 10;
 /// A body larger than this goes to hyper, which streams it into the handler.
 pub const MAX_BODY: usize = 64 << 10;
 
+/// A connection's read or answer buffer larger than this is not kept once empty.
+const KEEP_BUFFER: usize = 16 << 10;
+
 /// Headers a simple request may carry; more goes to hyper.
 const MAX_HEADERS: usize = 32;
 
@@ -291,8 +294,14 @@ where
                 return;
             }
             out.clear();
+            // An idle connection keeps a small buffer, not its largest answer's.
+            if out.capacity() > KEEP_BUFFER {
+                out = Vec::with_capacity(4096);
+            }
         }
-        if buf.capacity() - buf.len() < 1024 {
+        if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
+            buf = BytesMut::with_capacity(4096);
+        } else if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
         }
         let n = loop {
