@@ -290,6 +290,13 @@ where
             }
         }
         if !out.is_empty() {
+            // Let the worker finish the other connections it has ready before sending: their
+            // answers then go out back to back, and a client thread asleep in its poll is
+            // woken once for a burst of them instead of once each. Waking a thread on the
+            // other CPU is the dearest step of a small request (an interrupt between CPUs,
+            // a VM exit on a virtual machine). Measured with wrk, 64 connections: GETs +6%,
+            // p50 -25%; one client alone: p50 halved.
+            tokio::task::yield_now().await;
             if io.write_all(&out).await.is_err() {
                 return;
             }
