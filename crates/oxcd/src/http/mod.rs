@@ -349,6 +349,23 @@ pub async fn handle_client<B: ReqBody>(
     resp
 }
 
+/// Serves `GET <path>` with no query, for a connection whose request headers cannot change
+/// the answer (no auth, no CORS origin list): what `handle_client` does for such a request,
+/// without building the request. `path` is clean, unescaped and under `/v2/keys`.
+pub async fn handle_plain_get(server: &Arc<EtcdServer>, path: &str) -> Response<RespBody> {
+    let started = Instant::now();
+    let mut resp =
+        match parse_key_request(&Method::GET, path, Form::default(), None, SystemTime::now()) {
+            Ok(req) => serve_keys(server, req).await,
+            Err(e) => error_response(&e),
+        };
+    resp.headers_mut()
+        .insert(names::X_ETCD_CLUSTER_ID, server.cluster_id_header.clone());
+    add_cors(server, None, &mut resp);
+    metrics::observe_http(&Method::GET, resp.status(), started.elapsed());
+    resp
+}
+
 /// A request body the client API reads: hyper's streamed one, or bytes already read.
 pub trait ReqBody:
     hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>

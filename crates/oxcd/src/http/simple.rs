@@ -15,6 +15,10 @@
 //! [`MAX_HEAD`] or one `httparse` rejects. So every rule of HTTP that is not simple stays
 //! hyper's, including its error answers.
 //!
+//! A GET of a key with no query, on a server whose answer depends on no request header (auth
+//! off, CORS open to all), skips building the request: `handle_plain_get` runs the keys
+//! handler's own parse and read on the path (a tenth of a GET's CPU time).
+//!
 //! Invariants: answers go out in the order their requests came, all of them before a
 //! hand-over; a request is answered here only if hyper would have given it the same bytes
 //! (up to the second in `Date`).
@@ -153,6 +157,32 @@ fn parse(buf: &[u8]) -> Parsed {
     })
 }
 
+/// Whether the simple request `head` is a GET of a key that [`super::handle_plain_get`]
+/// answers as the full handler would: no query, a path that needs no unescaping or
+/// cleaning, and a server whose answer depends on no request header (auth off, CORS open).
+fn plain_get<'a>(server: &EtcdServer, buf: &'a [u8], head: &SimpleHead) -> Option<&'a str> {
+    if head.method != Method::GET
+        || !server.enable_v2
+        || server.cors.is_some()
+        || server.auth_enabled()
+    {
+        return None;
+    }
+    let (start, end) = head.target;
+    let path = std::str::from_utf8(&buf[start..end]).ok()?;
+    is_plain_key_path(path).then_some(path)
+}
+
+/// A request target under `/v2/keys/` that routing leaves as it is: no query, nothing to
+/// unescape (`%`), already clean (no `//`, `.` or `..` segment, no trailing `/`).
+fn is_plain_key_path(target: &str) -> bool {
+    target
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
+        && target.starts_with("/v2/keys/")
+        && oxcd_v2store::is_clean_path(target)
+}
+
 /// The simple request `head` describes, made of `bytes` (its head and body) without
 /// copying them.
 fn make_request(bytes: &Bytes, head: SimpleHead) -> Option<Request<Full<Bytes>>> {
@@ -267,6 +297,19 @@ where
         // Answer every complete request in the buffer, then send the answers at once.
         loop {
             match parse(&buf) {
+                Parsed::Simple(head) if plain_get(&server, &buf, &head).is_some() => {
+                    let bytes = buf.split_to(head.head_len).freeze();
+                    let (start, end) = head.target;
+                    let path = std::str::from_utf8(&bytes[start..end]).unwrap_or_default();
+                    let resp = super::handle_plain_get(&server, path).await;
+                    if !encode(resp, &mut out) {
+                        tracing::warn!(
+                            "http: streamed answer to a simple request, connection closed"
+                        );
+                        return;
+                    }
+                    waiting_since = Instant::now();
+                }
                 Parsed::Simple(head) => {
                     let bytes = buf.split_to(head.head_len + head.body_len).freeze();
                     let Some(req) = make_request(&bytes, head) else {
@@ -545,6 +588,33 @@ mod tests {
             text.starts_with("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nDate: "),
             "{text}"
         );
+    }
+
+    #[test]
+    fn only_clean_unescaped_key_paths_without_a_query_are_plain() {
+        for plain in [
+            "/v2/keys/a",
+            "/v2/keys/bench/00000001",
+            "/v2/keys/_hidden/x.y-z",
+        ] {
+            assert!(is_plain_key_path(plain), "{plain}");
+        }
+        for not_plain in [
+            "/v2/keys",
+            "/v2/keys/",
+            "/v2/keys/a/",
+            "/v2/keys//a",
+            "/v2/keys/./a",
+            "/v2/keys/a/..",
+            "/v2/keys/a?recursive=true",
+            "/v2/keys/a%20b",
+            "/v2/keys/a+b",
+            "/v2/keys/ä",
+            "/v2/members/a",
+            "/v2/keysa",
+        ] {
+            assert!(!is_plain_key_path(not_plain), "{not_plain}");
+        }
     }
 
     #[test]
