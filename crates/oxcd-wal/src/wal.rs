@@ -6,8 +6,9 @@
 //! after the last record read as the end of the log; a finished segment is truncated to its
 //! records when the next one is cut.
 //!
-//! The preallocated length is a hole, though: the first write to each block still allocates
-//! it, and that allocation is flushed by the fdatasync of the record that needed it. So the
+//! The preallocated blocks are allocated (`fallocate`, as etcd; a hole where the file system
+//! cannot) but unwritten: the first write to each block still changes the file's extent
+//! map, and that change is flushed by the fdatasync of the record that needed it. So the
 //! writer also writes zeros ahead of its records, [`ZERO_AHEAD`] bytes at a time, in the same
 //! write-then-fdatasync as the record that crossed into the unwritten part: most fdatasyncs
 //! then only overwrite blocks already on disk (measured on this project's ext4 machines:
@@ -143,6 +144,11 @@ fn remove_temporaries(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Opens a segment for writing and extends it to `segment_size` (never shrinks it).
+///
+/// The blocks are allocated, as etcd allocates its segments (`fallocate`): the space is
+/// taken when a segment is cut, so a full disk fails a cut instead of an append in the
+/// middle of a segment. A file system that cannot allocate ahead gets a hole of that
+/// length instead, as etcd falls back to.
 fn open_preallocated(path: &Path, segment_size: u64) -> Result<File> {
     let ctx = || format!("open {}", path.display());
     let file = OpenOptions::new()
@@ -151,7 +157,19 @@ fn open_preallocated(path: &Path, segment_size: u64) -> Result<File> {
         .map_err(io_err(ctx()))?;
     let len = file.metadata().map_err(io_err(ctx()))?.len();
     if len < segment_size {
-        file.set_len(segment_size)
+        let allocated = match rustix::fs::fallocate(
+            &file,
+            rustix::fs::FallocateFlags::empty(),
+            0,
+            segment_size,
+        ) {
+            Ok(()) => Ok(()),
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+                file.set_len(segment_size)
+            }
+            Err(e) => Err(std::io::Error::from(e)),
+        };
+        allocated
             .and_then(|_| file.sync_all())
             .map_err(io_err(format!("preallocate {}", path.display())))?;
     }
@@ -1477,6 +1495,16 @@ mod tests {
         w.save(Some(&hs(1)), &[entry(1, 1)]).unwrap();
         let path = list(&d).unwrap()[0].2.clone();
         assert_eq!(fs::metadata(&path).unwrap().len(), SEG, "preallocated");
+        // Its blocks are allocated too (etcd's fallocate), where the file system can.
+        let probe = d.join("probe");
+        let can = File::create(&probe).map(|f| {
+            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, 4096).is_ok()
+        });
+        if can.unwrap_or(false) {
+            use std::os::unix::fs::MetadataExt;
+            let allocated = fs::metadata(&path).unwrap().blocks() * 512;
+            assert!(allocated >= SEG, "{allocated} bytes allocated of {SEG}");
+        }
         drop(w);
         let (mut w, c) = Wal::open(&d, SnapshotMarker::default(), SEG).unwrap();
         assert_eq!(c.entries.len(), 1);
