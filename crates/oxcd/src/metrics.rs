@@ -177,13 +177,19 @@ struct Totals {
     buckets: [u64; BUCKETS],
 }
 
+/// The bucket a duration is counted in (`le` its upper bound); none above the last.
+fn bucket_of(bounds: &[f64; BUCKETS], d: Duration) -> Option<usize> {
+    let secs = d.as_secs_f64();
+    bounds.iter().position(|&b| secs <= b)
+}
+
 impl Totals {
     fn add(&mut self, elapsed: Option<Duration>, bounds: &[f64; BUCKETS]) {
         self.received += 1;
         if let Some(d) = elapsed {
             self.succeeded += 1;
             self.sum_nanos = self.sum_nanos.saturating_add(d.as_nanos() as u64);
-            if let Some(i) = bounds.iter().position(|&b| d.as_secs_f64() <= b) {
+            if let Some(i) = bucket_of(bounds, d) {
                 self.buckets[i] += 1;
             }
         }
@@ -247,8 +253,7 @@ impl HttpCounts {
             c.succeeded.fetch_add(1, Ordering::Relaxed);
             c.sum_nanos
                 .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
-            let secs = d.as_secs_f64();
-            if let Some(i) = self.bounds.iter().position(|&b| secs <= b) {
+            if let Some(i) = bucket_of(&self.bounds, d) {
                 c.buckets[i].fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -315,16 +315,19 @@ pub async fn handle(
     conn: ConnInfo,
     api: Api,
 ) -> Response<RespBody> {
+    if api == Api::Client {
+        return handle_client(&server, req, &conn).await;
+    }
     let started = Instant::now();
     let method = req.method().clone();
-    let resp = match api {
-        Api::Client => return handle_client(&server, req, &conn).await,
-        Api::Peer => route_peer(&server, req).await,
-        Api::Metrics => match req.uri().path() {
+    let resp = if api == Api::Peer {
+        route_peer(&server, req).await
+    } else {
+        match req.uri().path() {
             "/metrics" => base::metrics(&server, req.method()),
             "/health" => base::health(&server, req.method()).await,
             _ => text_error(StatusCode::NOT_FOUND, "404 page not found"),
-        },
+        }
     };
     metrics::observe_http(&method, resp.status(), started.elapsed());
     resp
@@ -343,9 +346,27 @@ pub async fn handle_client<B: ReqBody>(
         Some(_) => req.headers().get(http::header::ORIGIN).cloned(),
         None => None,
     };
-    let mut resp = route(server, req, conn).await;
+    let resp = route(server, req, conn).await;
+    finish_client_answer(server, &method, origin, started, resp)
+}
+
+/// What every client answer gets last: etcd's CORS headers, and the request in the metrics.
+fn finish_client_answer(
+    server: &EtcdServer,
+    method: &Method,
+    origin: Option<HeaderValue>,
+    started: Instant,
+    mut resp: Response<RespBody>,
+) -> Response<RespBody> {
     add_cors(server, origin, &mut resp);
-    metrics::observe_http(&method, resp.status(), started.elapsed());
+    metrics::observe_http(method, resp.status(), started.elapsed());
+    resp
+}
+
+/// Every keys API answer names the cluster.
+fn with_cluster_id(server: &EtcdServer, mut resp: Response<RespBody>) -> Response<RespBody> {
+    resp.headers_mut()
+        .insert(names::X_ETCD_CLUSTER_ID, server.cluster_id_header.clone());
     resp
 }
 
@@ -354,16 +375,18 @@ pub async fn handle_client<B: ReqBody>(
 /// without building the request. `path` is clean, unescaped and under `/v2/keys`.
 pub async fn handle_plain_get(server: &Arc<EtcdServer>, path: &str) -> Response<RespBody> {
     let started = Instant::now();
-    let mut resp =
-        match parse_key_request(&Method::GET, path, Form::default(), None, SystemTime::now()) {
-            Ok(req) => serve_keys(server, req).await,
-            Err(e) => error_response(&e),
-        };
-    resp.headers_mut()
-        .insert(names::X_ETCD_CLUSTER_ID, server.cluster_id_header.clone());
-    add_cors(server, None, &mut resp);
-    metrics::observe_http(&Method::GET, resp.status(), started.elapsed());
-    resp
+    let resp = match parse_key_request(&Method::GET, path, Form::default(), None, SystemTime::now())
+    {
+        Ok(req) => serve_keys(server, req).await,
+        Err(e) => error_response(&e),
+    };
+    finish_client_answer(
+        server,
+        &Method::GET,
+        None,
+        started,
+        with_cluster_id(server, resp),
+    )
 }
 
 /// A request body the client API reads: hyper's streamed one, or bytes already read.
@@ -531,10 +554,10 @@ async fn keys_entry<B: ReqBody>(
     ) {
         return method_not_allowed("HEAD,GET,PUT,POST,DELETE");
     }
-    let mut resp = keys_request(server, req, conn, &method, &path).await;
-    resp.headers_mut()
-        .insert(names::X_ETCD_CLUSTER_ID, server.cluster_id_header.clone());
-    resp
+    with_cluster_id(
+        server,
+        keys_request(server, req, conn, &method, &path).await,
+    )
 }
 
 async fn keys_request<B: ReqBody>(

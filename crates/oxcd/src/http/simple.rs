@@ -297,29 +297,20 @@ where
         // Answer every complete request in the buffer, then send the answers at once.
         loop {
             match parse(&buf) {
-                Parsed::Simple(head) if plain_get(&server, &buf, &head).is_some() => {
-                    let bytes = buf.split_to(head.head_len).freeze();
-                    let (start, end) = head.target;
-                    let path = std::str::from_utf8(&bytes[start..end]).unwrap_or_default();
-                    let resp = super::handle_plain_get(&server, path).await;
-                    if !encode(resp, &mut out) {
-                        tracing::warn!(
-                            "http: streamed answer to a simple request, connection closed"
-                        );
-                        return;
-                    }
-                    waiting_since = Instant::now();
-                }
                 Parsed::Simple(head) => {
                     let bytes = buf.split_to(head.head_len + head.body_len).freeze();
-                    let Some(req) = make_request(&bytes, head) else {
-                        // A target `http::Uri` refuses: hyper answers it (400).
-                        let mut rest = BytesMut::from(&bytes[..]);
-                        rest.extend_from_slice(&buf);
-                        buf = rest;
-                        return hand_over(io, &out, buf, server, conn).await;
+                    let resp = match plain_get(&server, &bytes, &head) {
+                        Some(path) => super::handle_plain_get(&server, path).await,
+                        None => match make_request(&bytes, head) {
+                            Some(req) => handle_client(&server, req, &conn).await,
+                            None => {
+                                // A target `http::Uri` refuses: hyper answers it (400).
+                                let mut rest = BytesMut::from(&bytes[..]);
+                                rest.extend_from_slice(&buf);
+                                return hand_over(io, &out, rest, server, conn).await;
+                            }
+                        },
                     };
-                    let resp = handle_client(&server, req, &conn).await;
                     if !encode(resp, &mut out) {
                         tracing::warn!(
                             "http: streamed answer to a simple request, connection closed"
