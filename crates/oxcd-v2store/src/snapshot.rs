@@ -36,7 +36,21 @@
 //! several times; LZ4 costs ~0.1 s per 100 MB to write and less to read, on the snapshot
 //! thread, not where entries are applied.
 //!
-//! Still read: format 1 (text, one JSON array a node: `[name, created, modified, expire,
+//! Format 4 is what a member writes: format 2 compressed as it is encoded
+//! ([`encode_compressed`]). The text line `oxcd-v2store snapshot 4`, then blocks, each
+//!
+//! ```text
+//! length                varint: the block's bytes decompressed (never 0)
+//! compressed            varint length + one LZ4 block
+//! ```
+//!
+//! and a varint 0 after the last. The blocks decompressed, one after another, are format 2
+//! after its first line, checksum included (it covers that line too, as in format 2). A
+//! block holds about 256 KiB, so the encoder never holds the whole of format 2, and each
+//! block is compressed from the cache right after it is written: a third less work than
+//! format 3 and a tenth of the memory.
+//!
+//! Still read: format 3, format 1 (text, one JSON array a node: `[name, created, modified, expire,
 //! payload]` with `expire` as `null` or `[seconds, nanoseconds]`, after a `{"index":N}`
 //! line and before a `crc32c <8 hex digits>` line), and the oldest format — `{"index":…,
 //! "root":{…}}`, the whole tree as one nested JSON value — within serde_json's nesting
@@ -54,8 +68,6 @@ use crate::node::{Children, Node};
 
 /// The first line's text, before the version number.
 const MAGIC: &str = "oxcd-v2store snapshot ";
-/// The format [`encode`] writes.
-const VERSION: u32 = 2;
 /// Format 1's last line's text, before the checksum.
 const TRAILER_V1: &str = "crc32c ";
 /// Record flags (format 2).
@@ -65,38 +77,121 @@ const FLAG_EXPIRE: u8 = 2;
 /// Encodes the store's index and tree (format 2) into a buffer of at least `capacity` bytes.
 pub fn encode(index: u64, root: &Node, capacity: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(capacity.max(4096));
-    out.extend_from_slice(MAGIC.as_bytes());
-    out.extend_from_slice(format!("{VERSION}\n").as_bytes());
-    write_varint(&mut out, index);
-    write_record(&mut out, root);
-    if let Some(children) = root.children.as_ref().filter(|c| !c.is_empty()) {
-        // Pre-order with an explicit stack of the open directories' remaining children.
-        let mut stack = vec![in_memory_order(children)];
-        while let Some(rest) = stack.last_mut() {
-            let Some(child) = rest.next() else {
-                stack.pop();
-                continue;
-            };
-            write_record(&mut out, child);
-            if let Some(grandchildren) = child.children.as_ref().filter(|c| !c.is_empty()) {
-                stack.push(in_memory_order(grandchildren));
-            }
-        }
-    }
+    out.extend_from_slice(FORMAT_2_LINE.as_bytes());
+    write_body(index, root, &mut out, usize::MAX, &mut |_| {});
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
+/// Encodes the store's index and tree as format 4: format 2's body in LZ4 blocks of about
+/// [`BLOCK`] bytes, each compressed as soon as it is written. The whole body is never held
+/// (at 5 million keys it is 400 MB, against 30 MB compressed) and each block is compressed
+/// while it is still in the cache.
+pub fn encode_compressed(index: u64, root: &Node) -> Vec<u8> {
+    let mut out = Vec::with_capacity(BLOCK);
+    out.extend_from_slice(MAGIC.as_bytes());
+    out.extend_from_slice(b"4\n");
+    // Format 2's checksum covers its first line too.
+    let mut crc = crc32c::crc32c(FORMAT_2_LINE.as_bytes());
+    let mut scratch = Vec::new();
+    let mut block = Vec::with_capacity(BLOCK + BLOCK / 4);
+    write_body(index, root, &mut block, BLOCK, &mut |block| {
+        crc = crc32c::crc32c_append(crc, block);
+        write_block(&mut out, &mut scratch, block);
+        block.clear();
+    });
+    crc = crc32c::crc32c_append(crc, &block);
+    block.extend_from_slice(&crc.to_le_bytes());
+    write_block(&mut out, &mut scratch, &block);
+    write_varint(&mut out, 0);
+    out
+}
+
+/// Format 4's block size: past LZ4's 64 KiB window, so blocks compress as one stream would.
+const BLOCK: usize = 256 * 1024;
+
+/// One format 4 block: its length, its compressed length, the LZ4 block.
+fn write_block(out: &mut Vec<u8>, scratch: &mut Vec<u8>, block: &[u8]) {
+    scratch.resize(lz4_flex::block::get_maximum_output_size(block.len()), 0);
+    // The output is sized for the worst case: compression cannot run out of room.
+    let len = lz4_flex::block::compress_into(block, scratch).unwrap_or(0);
+    write_varint(out, block.len() as u64);
+    write_varint(out, len as u64);
+    out.extend_from_slice(&scratch[..len]);
+}
+
+/// Format 2's body after its first line, without the checksum: the index, then every
+/// record in pre-order. `flush` is handed `out` whenever it holds `piece` bytes or more.
+fn write_body(
+    index: u64,
+    root: &Node,
+    out: &mut Vec<u8>,
+    piece: usize,
+    flush: &mut dyn FnMut(&mut Vec<u8>),
+) {
+    write_varint(out, index);
+    write_record(out, root);
+    if let Some(children) = root.children.as_ref().filter(|c| !c.is_empty()) {
+        // Pre-order with an explicit stack of the open directories' remaining children.
+        let mut stack = vec![in_memory_order(children).into_iter()];
+        while let Some(rest) = stack.last_mut() {
+            let Some(child) = rest.next() else {
+                stack.pop();
+                continue;
+            };
+            write_record(out, child);
+            if out.len() >= piece {
+                flush(out);
+            }
+            if let Some(grandchildren) = child.children.as_ref().filter(|c| !c.is_empty()) {
+                stack.push(in_memory_order(grandchildren).into_iter());
+            }
+        }
+    }
+}
+
 /// A directory's children in the order they lie in memory. The order of siblings in a
 /// snapshot is free, and the table's order is its hash order: walking the nodes (and their
 /// names and values, allocated beside them) by address instead turns a cache and TLB miss
-/// per key into a sequential read, which makes encoding a large store several times faster
-/// (the apply thread waits for it).
-fn in_memory_order(children: &Children) -> std::vec::IntoIter<&Node> {
+/// per key into a sequential read, which makes encoding a large store several times faster.
+///
+/// Sorted in two steps, both linear in practice: spread into buckets of neighbouring
+/// addresses (a counting pass and a scatter), then each bucket — a few nodes — sorted.
+fn in_memory_order(children: &Children) -> Vec<&Node> {
+    let addr = |n: &Node| std::ptr::from_ref::<Node>(n).addr();
     let mut nodes: Vec<&Node> = children.iter().collect();
-    nodes.sort_unstable_by_key(|n| std::ptr::from_ref::<Node>(n).addr());
-    nodes.into_iter()
+    if nodes.len() < 1024 {
+        nodes.sort_unstable_by_key(|n| addr(n));
+        return nodes;
+    }
+    let (min, max) = nodes.iter().fold((usize::MAX, 0), |(lo, hi), n| {
+        (lo.min(addr(n)), hi.max(addr(n)))
+    });
+    // At most 64Ki buckets, so that the counts stay in the cache (the nodes come in hash
+    // order: every count touched is a random one); far-apart regions make fuller buckets.
+    let buckets = (nodes.len() / 16).next_power_of_two().clamp(256, 1 << 16);
+    let span_bits = usize::BITS - (max - min).leading_zeros();
+    let shift = span_bits.saturating_sub(buckets.trailing_zeros());
+    let bucket_of = |n: &Node| (addr(n) - min) >> shift;
+    let mut starts = vec![0usize; buckets + 1];
+    for n in &nodes {
+        starts[bucket_of(n) + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut next = starts.clone();
+    let mut sorted = vec![nodes[0]; nodes.len()];
+    for n in nodes {
+        let slot = &mut next[bucket_of(n)];
+        sorted[*slot] = n;
+        *slot += 1;
+    }
+    for bounds in starts.windows(2) {
+        sorted[bounds[0]..bounds[1]].sort_unstable_by_key(|n| addr(n));
+    }
+    sorted
 }
 
 /// Format 2 bytes (what [`encode`] wrote) as format 3, or as they are if that is no smaller.
@@ -143,6 +238,37 @@ fn decode_v3(data: &[u8]) -> Result<(u64, Node), String> {
         .map_err(|e| format!("corrupted snapshot (LZ4: {e})"))?;
     if n as u64 != len {
         return Err("corrupted snapshot (decompressed length differs)".into());
+    }
+    decode_v2(&plain)
+}
+
+/// Format 4: every block decompressed behind format 2's first line, then read as format 2.
+fn decode_v4(data: &[u8]) -> Result<(u64, Node), String> {
+    let header_len = MAGIC.len() + "4\n".len();
+    let mut r = Reader {
+        data: data.get(header_len..).ok_or("truncated snapshot")?,
+    };
+    let mut plain = FORMAT_2_LINE.as_bytes().to_vec();
+    loop {
+        let bad = |e: &str| format!("bad snapshot block: {e}");
+        let len = r.varint().map_err(bad)?;
+        if len == 0 {
+            break;
+        }
+        let compressed = r.bytes().map_err(bad)?;
+        if len > (compressed.len() as u64).saturating_mul(LZ4_MAX_RATIO) {
+            return Err("corrupted snapshot (impossible decompressed length)".into());
+        }
+        let start = plain.len();
+        plain.resize(start + len as usize, 0);
+        let n = lz4_flex::block::decompress_into(compressed, &mut plain[start..])
+            .map_err(|e| format!("corrupted snapshot (LZ4: {e})"))?;
+        if n as u64 != len {
+            return Err("corrupted snapshot (decompressed length differs)".into());
+        }
+    }
+    if !r.data.is_empty() {
+        return Err("corrupted snapshot (bytes after the last block)".into());
     }
     decode_v2(&plain)
 }
@@ -222,11 +348,12 @@ pub fn decode(data: &[u8]) -> Result<(u64, Node), String> {
             .and_then(|v| v.parse::<u32>().ok())
             .ok_or("bad snapshot version line")?;
         return match version {
+            4 => decode_v4(data),
             3 => decode_v3(data),
             2 => decode_v2(data),
             1 => decode_v1(data),
             _ => Err(format!(
-                "snapshot format {version} is not supported (this build reads 1 to 3)"
+                "snapshot format {version} is not supported (this build reads 1 to 4)"
             )),
         };
     }
@@ -401,15 +528,20 @@ impl<'a> Reader<'a> {
         Err("varint overflow")
     }
 
-    fn str(&mut self) -> Result<&'a str, &'static str> {
+    /// A varint length, then that many bytes.
+    fn bytes(&mut self) -> Result<&'a [u8], &'static str> {
         let len = self.varint()?;
         let len = usize::try_from(len).map_err(|_| "truncated")?;
         if len > self.data.len() {
             return Err("truncated");
         }
-        let (s, rest) = self.data.split_at(len);
+        let (b, rest) = self.data.split_at(len);
         self.data = rest;
-        std::str::from_utf8(s).map_err(|_| "not UTF-8")
+        Ok(b)
+    }
+
+    fn str(&mut self) -> Result<&'a str, &'static str> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| "not UTF-8")
     }
 }
 

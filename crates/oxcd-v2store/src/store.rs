@@ -772,6 +772,12 @@ impl Store {
         data
     }
 
+    /// The state as a compressed snapshot (format 4), what a member writes to disk and
+    /// sends: [`Store::save`]'s bytes, compressed while they are encoded.
+    pub fn save_compressed(&self) -> Vec<u8> {
+        snapshot::encode_compressed(self.index, &self.root)
+    }
+
     /// Checks that `state` is a snapshot `recovery` would accept, without touching the store
     /// (a member refuses a snapshot it cannot read before raft commits to it).
     pub fn check_snapshot(state: &[u8]) -> std::result::Result<(), RecoveryError> {

@@ -267,6 +267,68 @@ fn damaged_format_3_snapshots_are_errors_not_panics() {
 }
 
 #[test]
+fn format_4_is_format_2_compressed_in_blocks_and_round_trips() {
+    // 20,000 keys: several blocks, and a directory big enough for the bucketed walk.
+    let s = registry(20_000);
+    let plain = s.save();
+    let packed = s.save_compressed();
+    assert!(packed.starts_with(b"oxcd-v2store snapshot 4\n"));
+    assert!(
+        packed.len() * 3 < plain.len(),
+        "{} of {}",
+        packed.len(),
+        plain.len()
+    );
+    let mut r = Store::new(&["/0", "/1"]);
+    r.recovery(&packed).unwrap();
+    let listing = |s: &Store| serde_json::to_string(&s.get("/", true, true, now()).unwrap());
+    assert_eq!(listing(&r).unwrap(), listing(&s).unwrap());
+    assert_eq!(r.save().len(), plain.len());
+    // The sample's TTL, escapes, hidden and empty names survive too.
+    let mut r = Store::new(&[]);
+    r.recovery(&sample().save_compressed()).unwrap();
+    assert_eq!(dump(&r), dump(&sample()));
+    Store::check_snapshot(&packed).unwrap();
+}
+
+#[test]
+fn damaged_format_4_snapshots_are_errors_not_panics() {
+    let packed = registry(50).save_compressed();
+    let mut r = sample();
+    let before = dump(&r);
+    for len in 0..packed.len() {
+        assert!(r.recovery(&packed[..len]).is_err(), "truncated to {len}");
+    }
+    let listing = |s: &Store| {
+        let all = s.get("/", true, true, now()).unwrap();
+        (s.index(), serde_json::to_string(&all).unwrap())
+    };
+    let mut original = Store::new(&[]);
+    original.recovery(&packed).unwrap();
+    let original = listing(&original);
+    for bit in 0..packed.len() * 8 {
+        let mut flipped = packed.clone();
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        if r.recovery(&flipped).is_ok() {
+            // Only an LZ4 match moved to equal bytes can decode to the same tree.
+            assert_eq!(listing(&r), original, "bit {bit} flipped");
+            r = sample();
+        }
+    }
+    assert_eq!(dump(&r), before);
+    // Bytes after the last block, and a block longer than LZ4 could expand to.
+    let mut trailing = packed.clone();
+    trailing.push(0);
+    assert!(r.recovery(&trailing).is_err());
+    let mut huge = b"oxcd-v2store snapshot 4\n".to_vec();
+    huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+    huge.extend_from_slice(&[0x01, b'x', 0x00]);
+    let e = r.recovery(&huge).unwrap_err();
+    assert!(e.to_string().contains("impossible"), "{e}");
+    assert_eq!(dump(&r), before);
+}
+
+#[test]
 fn a_handwritten_format_2_snapshot_is_read() {
     let data = V2::new(7)
         .dir("", 0, 2)
@@ -344,7 +406,7 @@ fn unknown_or_damaged_snapshots_are_errors() {
     let mut r = sample();
     let before = dump(&r);
     let mut other_version = data.clone();
-    other_version[b"oxcd-v2store snapshot ".len()] = b'4';
+    other_version[b"oxcd-v2store snapshot ".len()] = b'5';
     let bad: Vec<Vec<u8>> = vec![
         Vec::new(),
         b"garbage".to_vec(),
@@ -359,7 +421,7 @@ fn unknown_or_damaged_snapshots_are_errors() {
         assert!(r.recovery(b).is_err(), "{:?}", String::from_utf8_lossy(b));
     }
     let e = r.recovery(&other_version).unwrap_err();
-    assert!(e.to_string().contains("format 4"), "{e}");
+    assert!(e.to_string().contains("format 5"), "{e}");
     // Every truncation and every single-bit flip: an error (or, by chance, a valid
     // snapshot), never a panic. A failed recovery leaves the store as it was.
     for len in 0..data.len() {

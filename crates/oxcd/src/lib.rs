@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod raft;
 pub mod server;
+pub mod snapshot_child;
 pub mod srv;
 pub mod startup;
 pub mod tls;

@@ -12,7 +12,8 @@
 //! their locks: a thread allocating meanwhile waits for the walk of its arena (milliseconds
 //! for hundreds of MB), which is why it is not done after every request.
 //!
-//! This is the project's one `unsafe` block: a foreign call that takes no pointers.
+//! `malloc_trim` is a foreign call that takes no pointers (one of the two modules with
+//! `unsafe` blocks; the other is `snapshot_child`).
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::OnceLock;

@@ -101,8 +101,9 @@ pub enum ConfDecision {
     Refuse(crate::membership::MemberError),
 }
 
-/// Yields the encoded state machine for a snapshot.
-pub type SnapshotJob = Box<dyn FnOnce() -> Vec<u8> + Send>;
+/// Yields the encoded state machine for a snapshot, or why it could not (the snapshot is
+/// skipped: the next `--snapshot-count` entries try again).
+pub type SnapshotJob = Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send>;
 
 /// Sends raft messages to peers. Must not block the raft thread.
 pub trait Transport: Send {
@@ -253,19 +254,35 @@ impl SnapshotTask {
             done,
             started,
         } = self;
+        let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
         let Some(writer) = writer else {
-            snap.data = job().into();
-            let _ = done.send(SnapshotDone::Taken(snap));
+            match job() {
+                Ok(data) => {
+                    snap.data = data.into();
+                    let _ = done.send(SnapshotDone::Taken(snap));
+                }
+                Err(e) => {
+                    tracing::error!(index, error = %e, "snap: cannot encode the snapshot");
+                    let _ = done.send(SnapshotDone::Failed);
+                }
+            }
             return;
         };
         let state_ms = started.elapsed().as_millis() as u64;
-        let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
         let failed = done.clone();
         let spawned = std::thread::Builder::new()
             .name("snapshot".into())
             .spawn(move || {
-                let data = job();
+                let data = match job() {
+                    Ok(data) => data,
+                    Err(e) => {
+                        tracing::error!(index, error = %e, "snap: cannot encode the snapshot");
+                        let _ = done.send(SnapshotDone::Failed);
+                        return;
+                    }
+                };
                 let size = data.len();
+                let encoded_ms = started.elapsed().as_millis() as u64;
                 let file = super::storage::snapshot_file(snap.get_metadata(), data);
                 match writer.save(&file) {
                     Ok(path) => {
@@ -275,6 +292,7 @@ impl SnapshotTask {
                             bytes = size,
                             queued_ms,
                             state_ms,
+                            encoded_ms,
                             took_ms = started.elapsed().as_millis() as u64,
                             file = %path.display(),
                             "snap: snapshot file written"
@@ -1318,7 +1336,7 @@ mod tests {
         fn apply_conf_change(&mut self, _index: u64, _cc: &ConfChange, _d: ConfDecision) {}
         fn reads_ready(&mut self, _ids: &[u64]) {}
         fn snapshot_job(&mut self) -> SnapshotJob {
-            Box::new(Vec::new)
+            Box::new(|| Ok(Vec::new()))
         }
         fn restore(&mut self, _index: u64, _data: &[u8]) -> Result<(), String> {
             Ok(())

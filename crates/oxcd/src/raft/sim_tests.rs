@@ -216,7 +216,7 @@ impl Applier for Log {
             view.members.into_iter().collect(),
             view.removed.into_iter().collect(),
         );
-        Box::new(move || serde_json::to_vec(&saved).unwrap())
+        Box::new(move || Ok(serde_json::to_vec(&saved).unwrap()))
     }
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
         self.restore_state(index, data)

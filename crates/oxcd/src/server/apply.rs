@@ -347,16 +347,19 @@ impl Applier for ServerApplier {
     }
 
     fn snapshot_job(&mut self) -> crate::raft::SnapshotJob {
-        // Encoded here, under the read lock (reads go on; applying waits): as fast as copying
-        // the tree to encode on the snapshot thread, with no copy of the tree in memory.
-        // Compressed on the snapshot thread, while entries are applied.
-        let data = self
-            .shared
-            .store
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .save();
-        Box::new(move || oxcd_v2store::compress_snapshot(data))
+        let store = self.shared.store.read().unwrap_or_else(|e| e.into_inner());
+        // A forked child encodes the store as of this index while entries go on being
+        // applied here (see snapshot_child); the snapshot thread collects it.
+        match crate::snapshot_child::spawn(|| store.save_compressed()) {
+            Ok(child) => return Box::new(move || child.wait()),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "snap: cannot fork to encode the snapshot; encoding it while applying waits"
+            ),
+        }
+        // Encoded here, under the read lock (reads go on; applying waits).
+        let data = store.save_compressed();
+        Box::new(move || Ok(data))
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
