@@ -26,6 +26,7 @@ mod store;
 mod watcher;
 
 pub use snapshot::compress as compress_snapshot;
+pub use snapshot::{RunCache, Saved};
 pub use store::{is_clean_path, RecoveryError, Store, TtlOptions};
 pub use watcher::{WatchOutcome, WatchSink, WatcherId};
 

@@ -115,6 +115,11 @@ impl Node {
     }
 
     /// The node's name in its parent directory (empty for the root).
+    /// The bytes of the name and the value together.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
     pub fn name(&self) -> &str {
         &self.text[..self.name_len]
     }

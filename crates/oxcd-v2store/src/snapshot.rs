@@ -36,19 +36,27 @@
 //! several times; LZ4 costs ~0.1 s per 100 MB to write and less to read, on the snapshot
 //! thread, not where entries are applied.
 //!
-//! Format 4 is what a member writes: format 2 compressed as it is encoded
-//! ([`encode_compressed`]). The text line `oxcd-v2store snapshot 4`, then blocks, each
+//! Format 4 is what a member writes ([`encode_compressed`]): the text line
+//! `oxcd-v2store snapshot 4`, then blocks, each
 //!
 //! ```text
 //! length                varint: the block's bytes decompressed (never 0)
+//! crc                   4 bytes, little-endian: CRC-32C of those bytes
 //! compressed            varint length + one LZ4 block
 //! ```
 //!
 //! and a varint 0 after the last. The blocks decompressed, one after another, are format 2
-//! after its first line, checksum included (it covers that line too, as in format 2). A
-//! block holds about 256 KiB, so the encoder never holds the whole of format 2, and each
-//! block is compressed from the cache right after it is written: a third less work than
-//! format 3 and a tenth of the memory.
+//! between its first line and its checksum (each block has its own). A block holds about
+//! 256 KiB, so the encoder never holds the whole of format 2, and each block is compressed
+//! from the cache right after it is written: a third less work than format 3 and a tenth of
+//! the memory.
+//!
+//! Within a directory, keys come before subdirectories (siblings' order is free), in the
+//! order they lie in memory; a directory with many keys has them cut into runs, the keys in
+//! one 64 KiB span of memory, each run one block. A [`RunCache`] keeps the last snapshot's
+//! run blocks, and the next snapshot copies a run's block where none of its keys changed
+//! (the argument is on [`RunCache`]): under a load that adds keys, a snapshot encodes what
+//! was added since the last one, and walks the rest only to check it.
 //!
 //! Still read: format 3, format 1 (text, one JSON array a node: `[name, created, modified, expire,
 //! payload]` with `expire` as `null` or `[seconds, nanoseconds]`, after a `{"index":N}`
@@ -78,7 +86,8 @@ const FLAG_EXPIRE: u8 = 2;
 pub fn encode(index: u64, root: &Node, capacity: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(capacity.max(4096));
     out.extend_from_slice(FORMAT_2_LINE.as_bytes());
-    write_body(index, root, &mut out, usize::MAX, &mut |_| {});
+    write_varint(&mut out, index);
+    walk(root, &mut Plain(&mut out));
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
@@ -87,67 +96,379 @@ pub fn encode(index: u64, root: &Node, capacity: usize) -> Vec<u8> {
 /// Encodes the store's index and tree as format 4: format 2's body in LZ4 blocks of about
 /// [`BLOCK`] bytes, each compressed as soon as it is written. The whole body is never held
 /// (at 5 million keys it is 400 MB, against 30 MB compressed) and each block is compressed
-/// while it is still in the cache.
-pub fn encode_compressed(index: u64, root: &Node) -> Vec<u8> {
+/// while it is still in the cache. The blocks of key runs that are as `cache` saw them are
+/// copied from it instead of encoded again; the result says what the next call may reuse.
+pub fn encode_compressed(
+    generation: u64,
+    index: u64,
+    root: &Node,
+    cache: Option<&RunCache>,
+) -> Saved {
     let mut out = Vec::with_capacity(BLOCK);
     out.extend_from_slice(MAGIC.as_bytes());
     out.extend_from_slice(b"4\n");
-    // Format 2's checksum covers its first line too.
-    let mut crc = crc32c::crc32c(FORMAT_2_LINE.as_bytes());
-    let mut scratch = Vec::new();
-    let mut block = Vec::with_capacity(BLOCK + BLOCK / 4);
-    write_body(index, root, &mut block, BLOCK, &mut |block| {
-        crc = crc32c::crc32c_append(crc, block);
-        write_block(&mut out, &mut scratch, block);
-        block.clear();
-    });
-    crc = crc32c::crc32c_append(crc, &block);
-    block.extend_from_slice(&crc.to_le_bytes());
-    write_block(&mut out, &mut scratch, &block);
-    write_varint(&mut out, 0);
-    out
+    let cache = cache.filter(|c| c.generation == generation && c.index <= index);
+    let mut enc = Blocks {
+        out,
+        scratch: Vec::new(),
+        pending: Vec::with_capacity(BLOCK + BLOCK / 4),
+        cache,
+        runs: Vec::new(),
+        reused_keys: 0,
+    };
+    write_varint(&mut enc.pending, index);
+    walk(root, &mut enc);
+    enc.flush();
+    write_varint(&mut enc.out, 0);
+    Saved {
+        generation,
+        index,
+        data: enc.out,
+        runs: enc.runs,
+        reused_keys: enc.reused_keys,
+    }
 }
 
 /// Format 4's block size: past LZ4's 64 KiB window, so blocks compress as one stream would.
 const BLOCK: usize = 256 * 1024;
 
-/// One format 4 block: its length, its compressed length, the LZ4 block.
+/// Keys of a directory are grouped in runs by the span of memory they lie in, when the
+/// directory has at least [`RUN_MIN_KEYS`] keys: a run is one block a later snapshot can copy
+/// as it is if none of its keys changed.
+const RUN_SPAN: usize = 64 * 1024;
+const RUN_MIN_KEYS: usize = 4096;
+/// A run whose names and values exceed this is encoded as plain records, not kept.
+const RUN_MAX_BYTES: usize = 4 << 20;
+
+/// One format 4 block: its length and checksum, its compressed length, the LZ4 block.
 fn write_block(out: &mut Vec<u8>, scratch: &mut Vec<u8>, block: &[u8]) {
     scratch.resize(lz4_flex::block::get_maximum_output_size(block.len()), 0);
     // The output is sized for the worst case: compression cannot run out of room.
     let len = lz4_flex::block::compress_into(block, scratch).unwrap_or(0);
     write_varint(out, block.len() as u64);
+    out.extend_from_slice(&crc32c::crc32c(block).to_le_bytes());
     write_varint(out, len as u64);
     out.extend_from_slice(&scratch[..len]);
 }
 
-/// Format 2's body after its first line, without the checksum: the index, then every
-/// record in pre-order. `flush` is handed `out` whenever it holds `piece` bytes or more.
-fn write_body(
-    index: u64,
-    root: &Node,
-    out: &mut Vec<u8>,
-    piece: usize,
-    flush: &mut dyn FnMut(&mut Vec<u8>),
-) {
-    write_varint(out, index);
-    write_record(out, root);
-    if let Some(children) = root.children.as_ref().filter(|c| !c.is_empty()) {
-        // Pre-order with an explicit stack of the open directories' remaining children.
-        let mut stack = vec![in_memory_order(children).into_iter()];
-        while let Some(rest) = stack.last_mut() {
-            let Some(child) = rest.next() else {
-                stack.pop();
-                continue;
-            };
-            write_record(out, child);
-            if out.len() >= piece {
-                flush(out);
+fn addr(node: &Node) -> usize {
+    std::ptr::from_ref::<Node>(node).addr()
+}
+
+/// Which run of keys: the directory (by address and creation) and the span of memory.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct RunKey {
+    dir: u64,
+    dir_created: u64,
+    span: u64,
+}
+
+/// Keys of one directory that lie in one [`RUN_SPAN`], in address order.
+struct Run<'a> {
+    key: RunKey,
+    keys: &'a [&'a Node],
+    /// The highest created or modified index among them.
+    newest: u64,
+    /// Their names and values, in bytes.
+    text_bytes: usize,
+}
+
+/// Where the walk puts the records.
+trait Sink {
+    fn record(&mut self, node: &Node);
+    fn run(&mut self, run: Run<'_>);
+}
+
+/// Format 2: every record, one after another.
+struct Plain<'a>(&'a mut Vec<u8>);
+
+impl Sink for Plain<'_> {
+    fn record(&mut self, node: &Node) {
+        write_record(self.0, node);
+    }
+    fn run(&mut self, run: Run<'_>) {
+        for node in run.keys {
+            write_record(self.0, node);
+        }
+    }
+}
+
+/// The tree in pre-order: a directory's record, its keys, then each subdirectory with its
+/// subtree (the order of siblings is free; keys first lets them be grouped in runs). An
+/// explicit stack of the open directories' remaining subdirectories: depth costs heap.
+fn walk(root: &Node, sink: &mut dyn Sink) {
+    sink.record(root);
+    let mut stack = vec![keys_then_subdirectories(root, sink)];
+    while let Some(subdirectories) = stack.last_mut() {
+        let Some(dir) = subdirectories.next() else {
+            stack.pop();
+            continue;
+        };
+        sink.record(dir);
+        stack.push(keys_then_subdirectories(dir, sink));
+    }
+}
+
+/// Writes a directory's keys (in runs when it has many) and returns its subdirectories, all
+/// in the order they lie in memory. One pass over the nodes, in address order: each is read
+/// once, sequentially.
+fn keys_then_subdirectories<'a>(
+    dir: &'a Node,
+    sink: &mut dyn Sink,
+) -> std::vec::IntoIter<&'a Node> {
+    let Some(children) = dir.children.as_ref().filter(|c| !c.is_empty()) else {
+        return Vec::new().into_iter();
+    };
+    let in_runs = children.len() >= RUN_MIN_KEYS;
+    let mut nodes = in_memory_order(children);
+    let mut subdirectories = Vec::new();
+    // The current run's keys are compacted to nodes[start..end].
+    let (mut start, mut end) = (0, 0);
+    let (mut newest, mut text_bytes) = (0, 0);
+    let emit = |sink: &mut dyn Sink, keys: &[&Node], newest: u64, text_bytes: usize| {
+        let key = RunKey {
+            dir: addr(dir) as u64,
+            dir_created: dir.created_index,
+            span: (addr(keys[0]) / RUN_SPAN) as u64,
+        };
+        sink.run(Run {
+            key,
+            keys,
+            newest,
+            text_bytes,
+        });
+    };
+    for i in 0..nodes.len() {
+        let node = nodes[i];
+        if node.is_dir() {
+            subdirectories.push(node);
+            continue;
+        }
+        if !in_runs {
+            sink.record(node);
+            continue;
+        }
+        if end > start && addr(nodes[start]) / RUN_SPAN != addr(node) / RUN_SPAN {
+            emit(sink, &nodes[start..end], newest, text_bytes);
+            (start, newest, text_bytes) = (end, 0, 0);
+        }
+        newest = newest.max(node.created_index).max(node.modified_index);
+        text_bytes += node.text_len();
+        nodes[end] = node;
+        end += 1;
+    }
+    if end > start {
+        emit(sink, &nodes[start..end], newest, text_bytes);
+    }
+    subdirectories.into_iter()
+}
+
+/// Format 4's blocks, with runs copied from a cache where they did not change.
+struct Blocks<'c> {
+    out: Vec<u8>,
+    /// Records not yet compressed.
+    pending: Vec<u8>,
+    scratch: Vec<u8>,
+    cache: Option<&'c RunCache>,
+    runs: Vec<RunRecord>,
+    reused_keys: u64,
+}
+
+impl Blocks<'_> {
+    /// Compresses the pending records as one block.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        write_block(&mut self.out, &mut self.scratch, &self.pending);
+        self.pending.clear();
+    }
+}
+
+impl Sink for Blocks<'_> {
+    fn record(&mut self, node: &Node) {
+        write_record(&mut self.pending, node);
+        if self.pending.len() >= BLOCK {
+            self.flush();
+        }
+    }
+
+    fn run(&mut self, run: Run<'_>) {
+        if run.text_bytes > RUN_MAX_BYTES {
+            for node in run.keys {
+                self.record(node);
             }
-            if let Some(grandchildren) = child.children.as_ref().filter(|c| !c.is_empty()) {
-                stack.push(in_memory_order(grandchildren).into_iter());
+            return;
+        }
+        self.flush();
+        let start = self.out.len();
+        match self.cache.and_then(|c| c.reusable(&run)) {
+            Some(block) => {
+                self.out.extend_from_slice(block);
+                self.reused_keys += run.keys.len() as u64;
+            }
+            None => {
+                for node in run.keys {
+                    write_record(&mut self.pending, node);
+                }
+                write_block(&mut self.out, &mut self.scratch, &self.pending);
+                self.pending.clear();
             }
         }
+        self.runs.push(RunRecord {
+            key: run.key,
+            count: run.keys.len() as u64,
+            start: start as u64,
+            end: self.out.len() as u64,
+        });
+    }
+}
+
+/// A run as a snapshot encoded it: how many keys, and where its block lies in the snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RunRecord {
+    key: RunKey,
+    count: u64,
+    start: u64,
+    end: u64,
+}
+
+/// A format 4 snapshot and what its runs encoded to, for the next snapshot to reuse.
+#[derive(Debug)]
+pub struct Saved {
+    generation: u64,
+    index: u64,
+    /// The snapshot (format 4).
+    pub data: Vec<u8>,
+    runs: Vec<RunRecord>,
+    /// Keys whose block was copied from the previous snapshot rather than encoded.
+    pub reused_keys: u64,
+}
+
+/// Words after the data in [`Saved::into_bytes`]: per run, then the fixed trailer.
+const RUN_WORDS: usize = 6;
+const TRAILER_WORDS: usize = 5;
+
+impl Saved {
+    /// The store index the snapshot holds.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The snapshot and its runs as one buffer (to cross a pipe): the data, then each run's
+    /// fields, then generation, index, reused keys, number of runs and data length, all as
+    /// little-endian u64s.
+    pub fn into_bytes(self) -> Vec<u8> {
+        let Saved {
+            generation,
+            index,
+            mut data,
+            runs,
+            reused_keys,
+        } = self;
+        let len = data.len() as u64;
+        data.reserve((runs.len() * RUN_WORDS + TRAILER_WORDS) * 8);
+        for r in &runs {
+            for w in [
+                r.key.dir,
+                r.key.dir_created,
+                r.key.span,
+                r.count,
+                r.start,
+                r.end,
+            ] {
+                data.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        for w in [generation, index, reused_keys, runs.len() as u64, len] {
+            data.extend_from_slice(&w.to_le_bytes());
+        }
+        data
+    }
+
+    /// Reads what [`Saved::into_bytes`] wrote.
+    pub fn from_bytes(mut bytes: Vec<u8>) -> Result<Saved, String> {
+        let bad = || "malformed snapshot and runs".to_string();
+        let word = |b: &[u8], i: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(
+                b.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+            ))
+        };
+        let trailer_at = bytes.len().checked_sub(TRAILER_WORDS * 8).ok_or_else(bad)?;
+        let trailer = &bytes[trailer_at..];
+        let [generation, index, reused_keys, count, len] =
+            [0, 1, 2, 3, 4].map(|i| word(trailer, i).unwrap_or(u64::MAX));
+        let len = usize::try_from(len).map_err(|_| bad())?;
+        let count = usize::try_from(count).map_err(|_| bad())?;
+        let runs_len = count
+            .checked_mul(RUN_WORDS * 8)
+            .filter(|n| len.checked_add(*n) == Some(trailer_at))
+            .ok_or_else(bad)?;
+        let table = &bytes[len..len + runs_len];
+        let mut runs = Vec::with_capacity(count);
+        for i in 0..count {
+            let w = |j: usize| word(table, i * RUN_WORDS + j).unwrap_or(u64::MAX);
+            let r = RunRecord {
+                key: RunKey {
+                    dir: w(0),
+                    dir_created: w(1),
+                    span: w(2),
+                },
+                count: w(3),
+                start: w(4),
+                end: w(5),
+            };
+            if r.start > r.end || r.end > len as u64 {
+                return Err(bad());
+            }
+            runs.push(r);
+        }
+        bytes.truncate(len);
+        Ok(Saved {
+            generation,
+            index,
+            data: bytes,
+            runs,
+            reused_keys,
+        })
+    }
+}
+
+/// The runs of the last snapshot taken: blocks the next one copies for runs whose keys did
+/// not change since. A run is reusable when its directory and span are the same, it has as
+/// many keys, and none was created or modified after the cached snapshot's index: nodes do
+/// not move, every change to a key gives it a new modified index (a replaced key is a new
+/// node with a new created index), and a key created before that index at this address was
+/// in the run then — so the run holds the same keys with the same contents, in the same
+/// (address) order. A store restored from a snapshot has a new generation: nothing of an
+/// earlier one is reused.
+#[derive(Default)]
+pub struct RunCache {
+    generation: u64,
+    index: u64,
+    /// The snapshot the runs' blocks lie in.
+    data: Vec<u8>,
+    runs: HashMap<RunKey, RunRecord>,
+}
+
+impl RunCache {
+    /// Keeps `saved`'s runs for the next snapshot and returns its bytes.
+    pub fn remember(&mut self, saved: Saved) -> Vec<u8> {
+        self.generation = saved.generation;
+        self.index = saved.index;
+        self.data.clear();
+        self.data.extend_from_slice(&saved.data);
+        self.runs = saved.runs.iter().map(|r| (r.key, *r)).collect();
+        saved.data
+    }
+
+    /// The cached block of `run`, if its keys are as they were.
+    fn reusable(&self, run: &Run<'_>) -> Option<&[u8]> {
+        let cached = self.runs.get(&run.key)?;
+        if cached.count != run.keys.len() as u64 || run.newest > self.index {
+            return None;
+        }
+        self.data.get(cached.start as usize..cached.end as usize)
     }
 }
 
@@ -159,31 +480,37 @@ fn write_body(
 /// Sorted in two steps, both linear in practice: spread into buckets of neighbouring
 /// addresses (a counting pass and a scatter), then each bucket — a few nodes — sorted.
 fn in_memory_order(children: &Children) -> Vec<&Node> {
-    let addr = |n: &Node| std::ptr::from_ref::<Node>(n).addr();
-    let mut nodes: Vec<&Node> = children.iter().collect();
-    if nodes.len() < 1024 {
+    let Some(first) = children.iter().next() else {
+        return Vec::new();
+    };
+    if children.len() < 1024 {
+        let mut nodes: Vec<&Node> = children.iter().collect();
         nodes.sort_unstable_by_key(|n| addr(n));
         return nodes;
     }
-    let (min, max) = nodes.iter().fold((usize::MAX, 0), |(lo, hi), n| {
+    // Three passes over the table (its slots are contiguous): the range, the counts and
+    // the scatter, with no list of the nodes in hash order in between.
+    let (min, max) = children.iter().fold((usize::MAX, 0), |(lo, hi), n| {
         (lo.min(addr(n)), hi.max(addr(n)))
     });
     // At most 64Ki buckets, so that the counts stay in the cache (the nodes come in hash
     // order: every count touched is a random one); far-apart regions make fuller buckets.
-    let buckets = (nodes.len() / 16).next_power_of_two().clamp(256, 1 << 16);
+    let buckets = (children.len() / 16)
+        .next_power_of_two()
+        .clamp(256, 1 << 16);
     let span_bits = usize::BITS - (max - min).leading_zeros();
     let shift = span_bits.saturating_sub(buckets.trailing_zeros());
     let bucket_of = |n: &Node| (addr(n) - min) >> shift;
     let mut starts = vec![0usize; buckets + 1];
-    for n in &nodes {
+    for n in children.iter() {
         starts[bucket_of(n) + 1] += 1;
     }
     for i in 1..starts.len() {
         starts[i] += starts[i - 1];
     }
     let mut next = starts.clone();
-    let mut sorted = vec![nodes[0]; nodes.len()];
-    for n in nodes {
+    let mut sorted = vec![first; children.len()];
+    for n in children.iter() {
         let slot = &mut next[bucket_of(n)];
         sorted[*slot] = n;
         *slot += 1;
@@ -248,13 +575,14 @@ fn decode_v4(data: &[u8]) -> Result<(u64, Node), String> {
     let mut r = Reader {
         data: data.get(header_len..).ok_or("truncated snapshot")?,
     };
-    let mut plain = FORMAT_2_LINE.as_bytes().to_vec();
+    let mut plain = Vec::new();
     loop {
         let bad = |e: &str| format!("bad snapshot block: {e}");
         let len = r.varint().map_err(bad)?;
         if len == 0 {
             break;
         }
+        let want = u32::from_le_bytes(r.array::<4>().map_err(bad)?);
         let compressed = r.bytes().map_err(bad)?;
         if len > (compressed.len() as u64).saturating_mul(LZ4_MAX_RATIO) {
             return Err("corrupted snapshot (impossible decompressed length)".into());
@@ -266,11 +594,17 @@ fn decode_v4(data: &[u8]) -> Result<(u64, Node), String> {
         if n as u64 != len {
             return Err("corrupted snapshot (decompressed length differs)".into());
         }
+        let got = crc32c::crc32c(&plain[start..]);
+        if got != want {
+            return Err(format!(
+                "corrupted snapshot (block checksum {got:08x}, expected {want:08x})"
+            ));
+        }
     }
     if !r.data.is_empty() {
         return Err("corrupted snapshot (bytes after the last block)".into());
     }
-    decode_v2(&plain)
+    decode_v2_body(&plain)
 }
 
 fn write_varint(out: &mut Vec<u8>, mut n: u64) {
@@ -459,9 +793,12 @@ fn decode_v2(data: &[u8]) -> Result<(u64, Node), String> {
         ));
     }
     let header_len = MAGIC.len() + "2\n".len();
-    let mut r = Reader {
-        data: body.get(header_len..).ok_or("truncated snapshot")?,
-    };
+    decode_v2_body(body.get(header_len..).ok_or("truncated snapshot")?)
+}
+
+/// Format 2 between its first line and its checksum: the index and the records.
+fn decode_v2_body(body: &[u8]) -> Result<(u64, Node), String> {
+    let mut r = Reader { data: body };
     let index = r
         .varint()
         .map_err(|e| format!("bad snapshot header: {e}"))?;
@@ -526,6 +863,12 @@ impl<'a> Reader<'a> {
             }
         }
         Err("varint overflow")
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], &'static str> {
+        let (a, rest) = self.data.split_first_chunk::<N>().ok_or("truncated")?;
+        self.data = rest;
+        Ok(*a)
     }
 
     /// A varint length, then that many bytes.

@@ -76,6 +76,15 @@ pub struct Store {
     /// The size of the last snapshot [`Store::save`] encoded: the next one's buffer is sized
     /// from it, so it is not grown (and copied) a dozen times while applying waits.
     last_save_len: AtomicUsize,
+    /// Distinct for every store and every restore: a snapshot's reusable runs (see
+    /// [`RunCache`]) describe nodes of one generation only.
+    generation: u64,
+}
+
+/// The next store generation (from 1: a default [`RunCache`] matches none).
+fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A held-back notification: an event for its key's watchers, or a path removed with a
@@ -172,6 +181,7 @@ impl Store {
                 .chain(namespaces.iter().map(|ns| clean(ns).into_owned()))
                 .collect(),
             last_save_len: AtomicUsize::new(0),
+            generation: next_generation(),
         }
     }
 
@@ -775,7 +785,14 @@ impl Store {
     /// The state as a compressed snapshot (format 4), what a member writes to disk and
     /// sends: [`Store::save`]'s bytes, compressed while they are encoded.
     pub fn save_compressed(&self) -> Vec<u8> {
-        snapshot::encode_compressed(self.index, &self.root)
+        snapshot::encode_compressed(self.generation, self.index, &self.root, None).data
+    }
+
+    /// [`Store::save_compressed`], copying from `cache` the blocks of key runs that did not
+    /// change since the snapshot it holds (see [`RunCache`]); what this one encoded is
+    /// handed to [`RunCache::remember`] for the next.
+    pub fn save_reusing(&self, cache: &crate::RunCache) -> crate::Saved {
+        snapshot::encode_compressed(self.generation, self.index, &self.root, Some(cache))
     }
 
     /// Checks that `state` is a snapshot `recovery` would accept, without touching the store
@@ -800,6 +817,7 @@ impl Store {
         collect_ttl("/", &root, &mut ttl);
         self.root = root;
         self.index = index;
+        self.generation = next_generation();
         self.ttl = ttl;
         self.history = EventHistory::default();
         Ok(())

@@ -43,6 +43,9 @@ pub struct ServerApplier {
     publish: Arc<Mutex<Publish>>,
     /// The membership the raft thread starts from (handed to the proposer).
     view: Option<MembershipView>,
+    /// The last snapshot's key runs, which the next one copies where nothing changed (kept
+    /// by the snapshot thread when a snapshot is collected).
+    snapshot_runs: Arc<Mutex<oxcd_v2store::RunCache>>,
 }
 
 /// The raft thread's side: periodic proposals and dropped proposals. It never takes the
@@ -58,6 +61,18 @@ pub struct ServerProposer {
     view: MembershipView,
 }
 
+/// Keeps a collected snapshot's runs for the next one; returns its bytes.
+fn keep_runs(runs: &Mutex<oxcd_v2store::RunCache>, saved: oxcd_v2store::Saved) -> Vec<u8> {
+    tracing::debug!(
+        index = saved.index(),
+        reused_keys = saved.reused_keys,
+        "snap: snapshot encoded"
+    );
+    runs.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remember(saved)
+}
+
 impl ServerApplier {
     /// An applier over the shared server state, whose store holds `view`'s membership.
     pub fn new(shared: Arc<Shared>, view: MembershipView) -> Self {
@@ -65,6 +80,7 @@ impl ServerApplier {
             shared,
             publish: Arc::default(),
             view: Some(view),
+            snapshot_runs: Arc::default(),
         }
     }
 
@@ -348,18 +364,33 @@ impl Applier for ServerApplier {
 
     fn snapshot_job(&mut self) -> crate::raft::SnapshotJob {
         let store = self.shared.store.read().unwrap_or_else(|e| e.into_inner());
+        let runs = Arc::clone(&self.snapshot_runs);
+        // Only one snapshot is in flight: the previous one's job released the cache.
+        let cache = runs.try_lock().ok();
+        let none = oxcd_v2store::RunCache::default();
+        let cache_ref = cache.as_deref().unwrap_or(&none);
         // A forked child encodes the store as of this index while entries go on being
         // applied here (see snapshot_child); the snapshot thread collects it.
-        match crate::snapshot_child::spawn(|| store.save_compressed()) {
-            Ok(child) => return Box::new(move || child.wait()),
-            Err(e) => tracing::warn!(
-                error = %e,
-                "snap: cannot fork to encode the snapshot; encoding it while applying waits"
-            ),
-        }
-        // Encoded here, under the read lock (reads go on; applying waits).
-        let data = store.save_compressed();
-        Box::new(move || Ok(data))
+        let forked = crate::snapshot_child::spawn(|| store.save_reusing(cache_ref).into_bytes());
+        let saved = match forked {
+            Ok(child) => {
+                drop(cache);
+                return Box::new(move || {
+                    let saved = oxcd_v2store::Saved::from_bytes(child.wait()?)?;
+                    Ok(keep_runs(&runs, saved))
+                });
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "snap: cannot fork to encode the snapshot; encoding it while applying waits"
+                );
+                // Encoded here, under the read lock (reads go on; applying waits).
+                store.save_reusing(cache_ref)
+            }
+        };
+        drop(cache);
+        Box::new(move || Ok(keep_runs(&runs, saved)))
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
