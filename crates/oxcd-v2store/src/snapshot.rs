@@ -521,7 +521,7 @@ fn in_memory_order(children: &Children) -> Vec<&Node> {
     sorted
 }
 
-/// Format 2 bytes (what [`encode`] wrote) as format 3, or as they are if that is no smaller.
+/// Format 2 bytes (what `encode` wrote) as format 3, or as they are if that is no smaller.
 pub fn compress(encoded: Vec<u8>) -> Vec<u8> {
     let Some(body) = encoded.strip_prefix(FORMAT_2_LINE.as_bytes()) else {
         return encoded;

@@ -789,8 +789,8 @@ impl Store {
     }
 
     /// [`Store::save_compressed`], copying from `cache` the blocks of key runs that did not
-    /// change since the snapshot it holds (see [`RunCache`]); what this one encoded is
-    /// handed to [`RunCache::remember`] for the next.
+    /// change since the snapshot it holds (see [`RunCache`](crate::RunCache)); what this one encoded is
+    /// handed to [`RunCache::remember`](crate::RunCache::remember) for the next.
     pub fn save_reusing(&self, cache: &crate::RunCache) -> crate::Saved {
         snapshot::encode_compressed(self.generation, self.index, &self.root, Some(cache))
     }
