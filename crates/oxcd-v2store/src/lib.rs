@@ -25,6 +25,7 @@ mod snapshot;
 mod store;
 mod watcher;
 
+pub use node::begin_snapshot;
 pub use snapshot::compress as compress_snapshot;
 pub use snapshot::{RunCache, Saved};
 pub use store::{is_clean_path, RecoveryError, Store, TtlOptions};

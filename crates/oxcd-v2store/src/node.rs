@@ -357,6 +357,38 @@ fn hash_name(name: &str) -> u64 {
 #[derive(Default)]
 pub struct Children {
     table: HashTable<Box<Node>>,
+    /// Where children changed, once the directory is big (see [`Touched`]).
+    touched: Option<Box<Touched>>,
+}
+
+/// The memory spans of a big directory's children, with the last snapshot epoch in which a
+/// child there was added, removed or handed out to be changed (every change to a child goes
+/// through [`Children`]'s `&mut` methods). A snapshot copies the blocks of spans untouched
+/// since the last one without reading their nodes (`snapshot::RunCache`).
+pub struct Touched {
+    /// The epoch tracking began in: changes before it were not recorded.
+    pub since: u64,
+    /// Span (address / [`SPAN`]) → last epoch touched.
+    pub spans: std::collections::HashMap<usize, u64>,
+    /// Addresses of the children that are directories (as added; a child changed in
+    /// place is in a touched span, and a reader checks what it finds).
+    pub dirs: std::collections::BTreeMap<usize, Box<str>>,
+}
+
+/// The span of memory that snapshot runs group keys by.
+pub const SPAN: usize = 64 * 1024;
+/// Directories with at least this many children track touched spans (and are snapshotted in
+/// runs).
+pub const TRACKED_LEN: usize = 4096;
+
+/// The current snapshot epoch: changes record it; [`begin_snapshot`] ends it.
+static EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Ends the current snapshot epoch and returns it: call where the snapshot's state is fixed
+/// (before the fork). Every change before the call recorded an epoch at most the returned
+/// one, every change after it a later one.
+pub fn begin_snapshot() -> u64 {
+    EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The children of a directory, in no particular order.
@@ -374,6 +406,47 @@ impl Children {
     pub fn with_capacity(capacity: usize) -> Children {
         Children {
             table: HashTable::with_capacity(capacity),
+            touched: None,
+        }
+    }
+
+    /// Where children changed, if this directory tracks it.
+    pub fn touched(&self) -> Option<&Touched> {
+        self.touched.as_deref()
+    }
+
+    /// Starts tracking once the directory is about to be big.
+    fn track(&mut self) {
+        if self.touched.is_none() && self.table.len() + 1 >= TRACKED_LEN {
+            self.touched = Some(Box::new(Touched {
+                since: EPOCH.load(std::sync::atomic::Ordering::Relaxed),
+                spans: std::collections::HashMap::new(),
+                dirs: self
+                    .table
+                    .iter()
+                    .filter(|n| n.is_dir())
+                    .map(|n| (std::ptr::from_ref::<Node>(&**n).addr(), n.name().into()))
+                    .collect(),
+            }));
+        }
+    }
+
+    /// Records a change to the child at `at`; `now`: what is there now, if known (a
+    /// directory and its name, or gone or a key).
+    fn touch(touched: &mut Option<Box<Touched>>, at: *const Node, now: Option<Option<&str>>) {
+        let Some(t) = touched else {
+            return;
+        };
+        let epoch = EPOCH.load(std::sync::atomic::Ordering::Relaxed);
+        t.spans.insert(at.addr() / SPAN, epoch);
+        match now {
+            Some(Some(dir_name)) => {
+                t.dirs.insert(at.addr(), dir_name.into());
+            }
+            Some(None) => {
+                t.dirs.remove(&at.addr());
+            }
+            None => {}
         }
     }
 
@@ -392,43 +465,59 @@ impl Children {
     }
 
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Node> {
-        self.table
+        self.track();
+        let node = self
+            .table
             .find_mut(hash_name(name), |n| n.name() == name)
-            .map(|n| &mut **n)
+            .map(|n| &mut **n)?;
+        Self::touch(&mut self.touched, node, None);
+        Some(node)
     }
 
     /// Adds `node` under its name, returning the node it replaced.
     pub fn insert(&mut self, node: Node) -> Option<Node> {
+        self.track();
         let hash = hash_name(node.name());
+        let dir_name: Option<Box<str>> = node.is_dir().then(|| node.name().into());
         let entry = self
             .table
             .entry(hash, |n| n.name() == node.name(), |n| hash_name(n.name()));
-        match entry {
+        let (at, replaced) = match entry {
             hash_table::Entry::Occupied(mut slot) => {
-                Some(std::mem::replace(&mut **slot.get_mut(), node))
+                let replaced = std::mem::replace(&mut **slot.get_mut(), node);
+                (std::ptr::from_ref::<Node>(slot.get()), Some(replaced))
             }
             hash_table::Entry::Vacant(slot) => {
-                slot.insert(Box::new(node));
-                None
+                let slot = slot.insert(Box::new(node));
+                (std::ptr::from_ref::<Node>(slot.get()), None)
             }
-        }
+        };
+        Self::touch(&mut self.touched, at, Some(dir_name.as_deref()));
+        replaced
     }
 
     /// The child named `name`, or a new one made by `make`.
     pub fn get_or_insert_with(&mut self, name: &str, make: impl FnOnce() -> Node) -> &mut Node {
+        self.track();
         let entry = self.table.entry(
             hash_name(name),
             |n| n.name() == name,
             |n| hash_name(n.name()),
         );
-        entry.or_insert_with(|| Box::new(make())).into_mut()
+        let node = &mut **entry.or_insert_with(|| Box::new(make())).into_mut();
+        let dir_name = node.is_dir().then_some(name);
+        Self::touch(&mut self.touched, node, Some(dir_name));
+        node
     }
 
     pub fn remove(&mut self, name: &str) -> Option<Node> {
-        self.table
+        let node = self
+            .table
             .find_entry(hash_name(name), |n| n.name() == name)
             .ok()
-            .map(|slot| *slot.remove().0)
+            .map(|slot| slot.remove().0)?;
+        Self::touch(&mut self.touched, &*node, Some(None));
+        Some(*node)
     }
 
     /// The children, in no particular order.

@@ -65,7 +65,7 @@
 //! limit (what it could always read).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -103,6 +103,7 @@ pub fn encode_compressed(
     index: u64,
     root: &Node,
     cache: Option<&RunCache>,
+    epoch: u64,
 ) -> Saved {
     let mut out = Vec::with_capacity(BLOCK);
     out.extend_from_slice(MAGIC.as_bytes());
@@ -114,7 +115,10 @@ pub fn encode_compressed(
         pending: Vec::with_capacity(BLOCK + BLOCK / 4),
         cache,
         runs: Vec::new(),
+        spliced: Vec::new(),
+        spliced_len: 0,
         reused_keys: 0,
+        keys_read: 0,
     };
     write_varint(&mut enc.pending, index);
     walk(root, &mut enc);
@@ -123,9 +127,13 @@ pub fn encode_compressed(
     Saved {
         generation,
         index,
+        epoch,
         data: enc.out,
         runs: enc.runs,
+        spliced: enc.spliced,
+        base: cache.map_or(0, |c| c.epoch),
         reused_keys: enc.reused_keys,
+        keys_read: enc.keys_read,
     }
 }
 
@@ -135,8 +143,8 @@ const BLOCK: usize = 256 * 1024;
 /// Keys of a directory are grouped in runs by the span of memory they lie in, when the
 /// directory has at least [`RUN_MIN_KEYS`] keys: a run is one block a later snapshot can copy
 /// as it is if none of its keys changed.
-const RUN_SPAN: usize = 64 * 1024;
-const RUN_MIN_KEYS: usize = 4096;
+const RUN_SPAN: usize = crate::node::SPAN;
+const RUN_MIN_KEYS: usize = crate::node::TRACKED_LEN;
 /// A run whose names and values exceed this is encoded as plain records, not kept.
 const RUN_MAX_BYTES: usize = 4 << 20;
 
@@ -156,7 +164,7 @@ fn addr(node: &Node) -> usize {
 }
 
 /// Which run of keys: the directory (by address and creation) and the span of memory.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 struct RunKey {
     dir: u64,
     dir_created: u64,
@@ -177,6 +185,16 @@ struct Run<'a> {
 trait Sink {
     fn record(&mut self, node: &Node);
     fn run(&mut self, run: Run<'_>);
+    /// Writes a big directory's keys from the last snapshot's runs and the spans the store
+    /// saw change, reading only the nodes in those; returns its subdirectories in address
+    /// order, or `None`, having written nothing, when the directory must be walked.
+    fn keys_from_cache<'a>(
+        &mut self,
+        _dir: &'a Node,
+        _children: &'a Children,
+    ) -> Option<Vec<&'a Node>> {
+        None
+    }
 }
 
 /// Format 2: every record, one after another.
@@ -220,6 +238,11 @@ fn keys_then_subdirectories<'a>(
         return Vec::new().into_iter();
     };
     let in_runs = children.len() >= RUN_MIN_KEYS;
+    if in_runs {
+        if let Some(subdirectories) = sink.keys_from_cache(dir, children) {
+            return subdirectories.into_iter();
+        }
+    }
     let mut nodes = in_memory_order(children);
     let mut subdirectories = Vec::new();
     // The current run's keys are compacted to nodes[start..end].
@@ -271,7 +294,19 @@ struct Blocks<'c> {
     scratch: Vec<u8>,
     cache: Option<&'c RunCache>,
     runs: Vec<RunRecord>,
+    /// Cached blocks that belong between the bytes of `out`, in order.
+    spliced: Vec<Splice>,
+    spliced_len: u64,
     reused_keys: u64,
+    keys_read: u64,
+}
+
+/// A cached block that goes at offset `at` of the bytes written (before the byte there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Splice {
+    at: u64,
+    start: u64,
+    end: u64,
 }
 
 impl Blocks<'_> {
@@ -285,7 +320,145 @@ impl Blocks<'_> {
     }
 }
 
+impl Blocks<'_> {
+    /// Where the next byte goes in the assembled snapshot.
+    fn position(&self) -> u64 {
+        self.out.len() as u64 + self.spliced_len
+    }
+
+    /// Takes a run's block from the cache: recorded, not copied (the parent, which holds
+    /// the same cache, splices it in: [`RunCache::remember`]).
+    fn splice(&mut self, cached: &RunRecord) {
+        self.flush();
+        let start = self.position();
+        self.spliced.push(Splice {
+            at: self.out.len() as u64,
+            start: cached.start,
+            end: cached.end,
+        });
+        self.spliced_len += cached.end - cached.start;
+        self.reused_keys += cached.count;
+        self.runs.push(RunRecord {
+            start,
+            end: self.position(),
+            ..*cached
+        });
+    }
+}
+
 impl Sink for Blocks<'_> {
+    fn keys_from_cache<'a>(
+        &mut self,
+        dir: &'a Node,
+        children: &'a Children,
+    ) -> Option<Vec<&'a Node>> {
+        let cache = self.cache?;
+        let touched = children.touched()?;
+        // Changes before tracking began are unknown.
+        if touched.since > cache.epoch {
+            return None;
+        }
+        let first = RunKey {
+            dir: addr(dir) as u64,
+            dir_created: dir.created_index,
+            span: 0,
+        };
+        let last = RunKey {
+            span: u64::MAX,
+            ..first
+        };
+        let cached: Vec<&RunRecord> = cache.runs.range(first..=last).map(|(_, r)| r).collect();
+        if cached.is_empty() {
+            return None;
+        }
+        let span_of = |n: &Node| addr(n) / RUN_SPAN;
+        // The changed spans as a bitmap over their range (a hash lookup per child would
+        // cost more than the rest of this).
+        let changed_spans: Vec<usize> = touched
+            .spans
+            .iter()
+            .filter(|(_, &e)| e > cache.epoch)
+            .map(|(&s, _)| s)
+            .collect();
+        let lo = changed_spans.iter().copied().min().unwrap_or(0);
+        let hi = changed_spans.iter().copied().max().unwrap_or(0);
+        if hi - lo > 1 << 24 {
+            return None;
+        }
+        let mut bitmap = vec![false; hi - lo + 1];
+        for s in changed_spans {
+            bitmap[s - lo] = true;
+        }
+        let changed = |span: usize| span >= lo && span <= hi && bitmap[span - lo];
+        // The children in changed spans, found by address alone (no node is read).
+        let mut fresh: Vec<&Node> = children.iter().filter(|n| changed(span_of(n))).collect();
+        fresh.sort_unstable_by_key(|n| addr(n));
+        let clean: Vec<&RunRecord> = cached
+            .into_iter()
+            .filter(|r| !changed(r.key.span as usize))
+            .collect();
+        // Every child must be in a clean run or a changed span: a subdirectory in an
+        // unchanged span (which no run holds) means walking the directory.
+        // Subdirectories in unchanged spans are where they were: read to check.
+        let mut subdirectories = Vec::new();
+        for (&at, name) in &touched.dirs {
+            if changed(at / RUN_SPAN) {
+                continue;
+            }
+            let dir = children.get(name).filter(|n| addr(n) == at && n.is_dir())?;
+            subdirectories.push(dir);
+        }
+        let clean_keys: u64 = clean.iter().map(|r| r.count).sum();
+        if clean_keys + (fresh.len() + subdirectories.len()) as u64 != children.len() as u64 {
+            return None;
+        }
+        fresh.retain(|n| {
+            if n.is_dir() {
+                subdirectories.push(*n);
+            }
+            !n.is_dir()
+        });
+        // Runs in span order, as the walk writes them: clean ones copied, changed ones
+        // encoded (or copied after all, if nothing in them really changed).
+        subdirectories.sort_unstable_by_key(|n| addr(n));
+        let mut clean = clean.into_iter().peekable();
+        let mut rest: &[&Node] = &fresh;
+        loop {
+            let next_fresh = rest.first().map(|n| span_of(n));
+            match (clean.peek(), next_fresh) {
+                (Some(r), f) if f.is_none_or(|f| (r.key.span as usize) < f) => {
+                    self.splice(r);
+                    clean.next();
+                }
+                (_, Some(span)) => {
+                    let len = rest.iter().take_while(|n| span_of(n) == span).count();
+                    let (run, tail) = rest.split_at(len);
+                    rest = tail;
+                    let newest = run
+                        .iter()
+                        .map(|n| n.created_index.max(n.modified_index))
+                        .max()
+                        .unwrap_or(0);
+                    let text_bytes = run.iter().map(|n| n.text_len()).sum();
+                    self.run(Run {
+                        key: RunKey {
+                            span: span as u64,
+                            ..first
+                        },
+                        keys: run,
+                        newest,
+                        text_bytes,
+                    });
+                }
+                (None, None) => break,
+                (Some(_), None) => {
+                    unreachable!("the first arm takes a clean run when nothing fresh is left")
+                }
+            }
+        }
+        Some(subdirectories)
+    }
+
     fn record(&mut self, node: &Node) {
         write_record(&mut self.pending, node);
         if self.pending.len() >= BLOCK {
@@ -294,32 +467,29 @@ impl Sink for Blocks<'_> {
     }
 
     fn run(&mut self, run: Run<'_>) {
+        self.keys_read += run.keys.len() as u64;
         if run.text_bytes > RUN_MAX_BYTES {
             for node in run.keys {
                 self.record(node);
             }
             return;
         }
-        self.flush();
-        let start = self.out.len();
-        match self.cache.and_then(|c| c.reusable(&run)) {
-            Some(block) => {
-                self.out.extend_from_slice(block);
-                self.reused_keys += run.keys.len() as u64;
-            }
-            None => {
-                for node in run.keys {
-                    write_record(&mut self.pending, node);
-                }
-                write_block(&mut self.out, &mut self.scratch, &self.pending);
-                self.pending.clear();
-            }
+        if let Some(cached) = self.cache.and_then(|c| c.reusable(&run)) {
+            self.splice(cached);
+            return;
         }
+        self.flush();
+        let start = self.position();
+        for node in run.keys {
+            write_record(&mut self.pending, node);
+        }
+        write_block(&mut self.out, &mut self.scratch, &self.pending);
+        self.pending.clear();
         self.runs.push(RunRecord {
             key: run.key,
             count: run.keys.len() as u64,
-            start: start as u64,
-            end: self.out.len() as u64,
+            start,
+            end: self.position(),
         });
     }
 }
@@ -333,21 +503,32 @@ struct RunRecord {
     end: u64,
 }
 
-/// A format 4 snapshot and what its runs encoded to, for the next snapshot to reuse.
+/// A format 4 snapshot as encoded against a [`RunCache`] — its own bytes, with the cached
+/// blocks it reuses named rather than copied — and what its runs encoded to, for the next
+/// snapshot. [`RunCache::remember`] assembles the bytes.
 #[derive(Debug)]
 pub struct Saved {
     generation: u64,
     index: u64,
-    /// The snapshot (format 4).
+    /// The snapshot epoch it was taken at the end of ([`crate::begin_snapshot`]).
+    epoch: u64,
+    /// The epoch of the cache it reuses blocks of (0: none).
+    base: u64,
+    /// The bytes written; complete when nothing is spliced.
     pub data: Vec<u8>,
+    spliced: Vec<Splice>,
     runs: Vec<RunRecord>,
     /// Keys whose block was copied from the previous snapshot rather than encoded.
     pub reused_keys: u64,
+    /// Keys of big directories (in runs) whose nodes were read: every one unless the store
+    /// said which spans changed.
+    pub keys_read: u64,
 }
 
-/// Words after the data in [`Saved::into_bytes`]: per run, then the fixed trailer.
+/// Words after the data in [`Saved::into_bytes`]: per run, per splice, then the trailer.
 const RUN_WORDS: usize = 6;
-const TRAILER_WORDS: usize = 5;
+const SPLICE_WORDS: usize = 3;
+const TRAILER_WORDS: usize = 9;
 
 impl Saved {
     /// The store index the snapshot holds.
@@ -355,19 +536,23 @@ impl Saved {
         self.index
     }
 
-    /// The snapshot and its runs as one buffer (to cross a pipe): the data, then each run's
-    /// fields, then generation, index, reused keys, number of runs and data length, all as
-    /// little-endian u64s.
+    /// The snapshot and its runs as one buffer (to cross a pipe): the data, each run's
+    /// fields, each splice's, then generation, index, epoch, base, reused keys, keys read,
+    /// number of runs, number of splices and data length, all as little-endian u64s.
     pub fn into_bytes(self) -> Vec<u8> {
         let Saved {
             generation,
             index,
+            epoch,
+            base,
             mut data,
+            spliced,
             runs,
             reused_keys,
+            keys_read,
         } = self;
         let len = data.len() as u64;
-        data.reserve((runs.len() * RUN_WORDS + TRAILER_WORDS) * 8);
+        let mut put = |w: u64| data.extend_from_slice(&w.to_le_bytes());
         for r in &runs {
             for w in [
                 r.key.dir,
@@ -377,11 +562,26 @@ impl Saved {
                 r.start,
                 r.end,
             ] {
-                data.extend_from_slice(&w.to_le_bytes());
+                put(w);
             }
         }
-        for w in [generation, index, reused_keys, runs.len() as u64, len] {
-            data.extend_from_slice(&w.to_le_bytes());
+        for sp in &spliced {
+            for w in [sp.at, sp.start, sp.end] {
+                put(w);
+            }
+        }
+        for w in [
+            generation,
+            index,
+            epoch,
+            base,
+            reused_keys,
+            keys_read,
+            runs.len() as u64,
+            spliced.len() as u64,
+            len,
+        ] {
+            put(w);
         }
         data
     }
@@ -389,47 +589,68 @@ impl Saved {
     /// Reads what [`Saved::into_bytes`] wrote.
     pub fn from_bytes(mut bytes: Vec<u8>) -> Result<Saved, String> {
         let bad = || "malformed snapshot and runs".to_string();
-        let word = |b: &[u8], i: usize| -> Option<u64> {
-            Some(u64::from_le_bytes(
-                b.get(i * 8..i * 8 + 8)?.try_into().ok()?,
-            ))
+        let word = |b: &[u8], i: usize| -> u64 {
+            b.get(i * 8..i * 8 + 8)
+                .and_then(|w| w.try_into().ok())
+                .map_or(u64::MAX, u64::from_le_bytes)
         };
         let trailer_at = bytes.len().checked_sub(TRAILER_WORDS * 8).ok_or_else(bad)?;
         let trailer = &bytes[trailer_at..];
-        let [generation, index, reused_keys, count, len] =
-            [0, 1, 2, 3, 4].map(|i| word(trailer, i).unwrap_or(u64::MAX));
-        let len = usize::try_from(len).map_err(|_| bad())?;
-        let count = usize::try_from(count).map_err(|_| bad())?;
-        let runs_len = count
-            .checked_mul(RUN_WORDS * 8)
+        let [generation, index, epoch, base, reused_keys, keys_read, runs, splices, len] =
+            std::array::from_fn(|i| word(trailer, i));
+        let [runs, splices, len] =
+            [runs, splices, len].map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let words = runs
+            .checked_mul(RUN_WORDS)
+            .and_then(|r| splices.checked_mul(SPLICE_WORDS)?.checked_add(r))
+            .and_then(|w| w.checked_mul(8))
             .filter(|n| len.checked_add(*n) == Some(trailer_at))
             .ok_or_else(bad)?;
-        let table = &bytes[len..len + runs_len];
-        let mut runs = Vec::with_capacity(count);
-        for i in 0..count {
-            let w = |j: usize| word(table, i * RUN_WORDS + j).unwrap_or(u64::MAX);
-            let r = RunRecord {
-                key: RunKey {
-                    dir: w(0),
-                    dir_created: w(1),
-                    span: w(2),
-                },
-                count: w(3),
-                start: w(4),
-                end: w(5),
-            };
-            if r.start > r.end || r.end > len as u64 {
-                return Err(bad());
-            }
-            runs.push(r);
+        let table = &bytes[len..len + words];
+        let runs: Vec<RunRecord> = (0..runs)
+            .map(|i| {
+                let w = |j: usize| word(table, i * RUN_WORDS + j);
+                RunRecord {
+                    key: RunKey {
+                        dir: w(0),
+                        dir_created: w(1),
+                        span: w(2),
+                    },
+                    count: w(3),
+                    start: w(4),
+                    end: w(5),
+                }
+            })
+            .collect();
+        let at = runs.len() * RUN_WORDS;
+        let spliced: Vec<Splice> = (0..splices)
+            .map(|i| {
+                let w = |j: usize| word(table, at + i * SPLICE_WORDS + j);
+                Splice {
+                    at: w(0),
+                    start: w(1),
+                    end: w(2),
+                }
+            })
+            .collect();
+        let ordered = spliced.windows(2).all(|p| p[0].at <= p[1].at)
+            && spliced
+                .iter()
+                .all(|sp| sp.at <= len as u64 && sp.start <= sp.end);
+        if !ordered || runs.iter().any(|r| r.start > r.end) {
+            return Err(bad());
         }
         bytes.truncate(len);
         Ok(Saved {
             generation,
             index,
+            epoch,
+            base,
             data: bytes,
+            spliced,
             runs,
             reused_keys,
+            keys_read,
         })
     }
 }
@@ -440,35 +661,72 @@ impl Saved {
 /// not move, every change to a key gives it a new modified index (a replaced key is a new
 /// node with a new created index), and a key created before that index at this address was
 /// in the run then — so the run holds the same keys with the same contents, in the same
-/// (address) order. A store restored from a snapshot has a new generation: nothing of an
-/// earlier one is reused.
+/// (address) order. A big directory also records which spans of its children changed in
+/// which snapshot epoch (`node::Touched`); a span untouched since the cached snapshot is
+/// copied without reading its nodes, once the directory's child count confirms that every
+/// child is in a copied run, a changed span or a known subdirectory. A store restored from
+/// a snapshot has a new generation: nothing of an earlier one is reused.
 #[derive(Default)]
 pub struct RunCache {
     generation: u64,
     index: u64,
+    /// The snapshot epoch the cached snapshot ended.
+    epoch: u64,
     /// The snapshot the runs' blocks lie in.
     data: Vec<u8>,
-    runs: HashMap<RunKey, RunRecord>,
+    runs: BTreeMap<RunKey, RunRecord>,
 }
 
 impl RunCache {
-    /// Keeps `saved`'s runs for the next snapshot and returns its bytes.
-    pub fn remember(&mut self, saved: Saved) -> Vec<u8> {
+    /// Assembles `saved`'s bytes (its own, with the blocks it reuses from this cache),
+    /// keeps its runs for the next snapshot and returns the bytes. An error (blocks of a
+    /// cache this is not) leaves the cache as it was.
+    pub fn remember(&mut self, saved: Saved) -> Result<Vec<u8>, String> {
+        let data = if saved.spliced.is_empty() {
+            saved.data
+        } else {
+            if saved.base != self.epoch || saved.generation != self.generation {
+                return Err("snapshot reuses blocks of another cache".into());
+            }
+            let total = saved.data.len()
+                + saved
+                    .spliced
+                    .iter()
+                    .map(|sp| (sp.end - sp.start) as usize)
+                    .sum::<usize>();
+            let mut data = Vec::with_capacity(total);
+            let mut from = 0;
+            for sp in &saved.spliced {
+                let block = self
+                    .data
+                    .get(sp.start as usize..sp.end as usize)
+                    .ok_or("snapshot reuses blocks the cache does not have")?;
+                data.extend_from_slice(&saved.data[from..sp.at as usize]);
+                data.extend_from_slice(block);
+                from = sp.at as usize;
+            }
+            data.extend_from_slice(&saved.data[from..]);
+            data
+        };
+        if saved.runs.iter().any(|r| r.end as usize > data.len()) {
+            return Err("snapshot runs beyond its bytes".into());
+        }
         self.generation = saved.generation;
         self.index = saved.index;
+        self.epoch = saved.epoch;
         self.data.clear();
-        self.data.extend_from_slice(&saved.data);
+        self.data.extend_from_slice(&data);
         self.runs = saved.runs.iter().map(|r| (r.key, *r)).collect();
-        saved.data
+        Ok(data)
     }
 
     /// The cached block of `run`, if its keys are as they were.
-    fn reusable(&self, run: &Run<'_>) -> Option<&[u8]> {
+    fn reusable(&self, run: &Run<'_>) -> Option<&RunRecord> {
         let cached = self.runs.get(&run.key)?;
         if cached.count != run.keys.len() as u64 || run.newest > self.index {
             return None;
         }
-        self.data.get(cached.start as usize..cached.end as usize)
+        Some(cached)
     }
 }
 

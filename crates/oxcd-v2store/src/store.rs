@@ -785,14 +785,17 @@ impl Store {
     /// The state as a compressed snapshot (format 4), what a member writes to disk and
     /// sends: [`Store::save`]'s bytes, compressed while they are encoded.
     pub fn save_compressed(&self) -> Vec<u8> {
-        snapshot::encode_compressed(self.generation, self.index, &self.root, None).data
+        snapshot::encode_compressed(self.generation, self.index, &self.root, None, 0).data
     }
 
     /// [`Store::save_compressed`], copying from `cache` the blocks of key runs that did not
     /// change since the snapshot it holds (see [`RunCache`](crate::RunCache)); what this one encoded is
-    /// handed to [`RunCache::remember`](crate::RunCache::remember) for the next.
-    pub fn save_reusing(&self, cache: &crate::RunCache) -> crate::Saved {
-        snapshot::encode_compressed(self.generation, self.index, &self.root, Some(cache))
+    /// handed to [`RunCache::remember`](crate::RunCache::remember) for the next. `epoch` is
+    /// what [`begin_snapshot`](crate::begin_snapshot) returned when this state was fixed: the
+    /// spans of big directories changed since the cached snapshot are found from it, and
+    /// only their nodes are read.
+    pub fn save_reusing(&self, cache: &crate::RunCache, epoch: u64) -> crate::Saved {
+        snapshot::encode_compressed(self.generation, self.index, &self.root, Some(cache), epoch)
     }
 
     /// Checks that `state` is a snapshot `recovery` would accept, without touching the store

@@ -61,11 +61,15 @@ pub struct ServerProposer {
     view: MembershipView,
 }
 
-/// Keeps a collected snapshot's runs for the next one; returns its bytes.
-fn keep_runs(runs: &Mutex<oxcd_v2store::RunCache>, saved: oxcd_v2store::Saved) -> Vec<u8> {
+/// Assembles a collected snapshot's bytes and keeps its runs for the next one.
+fn keep_runs(
+    runs: &Mutex<oxcd_v2store::RunCache>,
+    saved: oxcd_v2store::Saved,
+) -> Result<Vec<u8>, String> {
     tracing::debug!(
         index = saved.index(),
         reused_keys = saved.reused_keys,
+        keys_read = saved.keys_read,
         "snap: snapshot encoded"
     );
     runs.lock()
@@ -369,15 +373,18 @@ impl Applier for ServerApplier {
         let cache = runs.try_lock().ok();
         let none = oxcd_v2store::RunCache::default();
         let cache_ref = cache.as_deref().unwrap_or(&none);
+        // The state is fixed here: changes from now on belong to the next epoch.
+        let epoch = oxcd_v2store::begin_snapshot();
         // A forked child encodes the store as of this index while entries go on being
         // applied here (see snapshot_child); the snapshot thread collects it.
-        let forked = crate::snapshot_child::spawn(|| store.save_reusing(cache_ref).into_bytes());
+        let forked =
+            crate::snapshot_child::spawn(|| store.save_reusing(cache_ref, epoch).into_bytes());
         let saved = match forked {
             Ok(child) => {
                 drop(cache);
                 return Box::new(move || {
                     let saved = oxcd_v2store::Saved::from_bytes(child.wait()?)?;
-                    Ok(keep_runs(&runs, saved))
+                    keep_runs(&runs, saved)
                 });
             }
             Err(e) => {
@@ -386,11 +393,11 @@ impl Applier for ServerApplier {
                     "snap: cannot fork to encode the snapshot; encoding it while applying waits"
                 );
                 // Encoded here, under the read lock (reads go on; applying waits).
-                store.save_reusing(cache_ref)
+                store.save_reusing(cache_ref, epoch)
             }
         };
         drop(cache);
-        Box::new(move || Ok(keep_runs(&runs, saved)))
+        Box::new(move || keep_runs(&runs, saved))
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
