@@ -201,12 +201,12 @@ fn a_store_rewritten_in_place_round_trips() {
     assert_eq!(again.node.unwrap().value.as_deref(), Some("again"));
 }
 
-#[test]
-fn format_3_is_format_2_compressed_and_round_trips() {
-    let s = registry(2000);
-    let plain = s.save();
-    let packed = compress_snapshot(plain.clone());
-    assert!(packed.starts_with(b"oxcd-v2store snapshot 3\n"));
+/// Checks that `packed` is a compressed format (`version`) at least 3 times smaller than
+/// `plain`, and restores a store from it.
+fn restore_compressed(packed: &[u8], plain: &[u8], version: u8) -> Store {
+    let mut header = b"oxcd-v2store snapshot ".to_vec();
+    header.extend_from_slice(&[version, b'\n']);
+    assert!(packed.starts_with(&header));
     assert!(
         packed.len() * 3 < plain.len(),
         "{} of {}",
@@ -214,7 +214,16 @@ fn format_3_is_format_2_compressed_and_round_trips() {
         plain.len()
     );
     let mut r = Store::new(&["/0", "/1"]);
-    r.recovery(&packed).unwrap();
+    r.recovery(packed).unwrap();
+    r
+}
+
+#[test]
+fn format_3_is_format_2_compressed_and_round_trips() {
+    let s = registry(2000);
+    let plain = s.save();
+    let packed = compress_snapshot(plain.clone());
+    let r = restore_compressed(&packed, &plain, b'3');
     assert_eq!(r.index(), s.index());
     assert_eq!(r.save().len(), plain.len());
     let a = r
@@ -230,33 +239,40 @@ fn format_3_is_format_2_compressed_and_round_trips() {
     assert_eq!(compress_snapshot(b"other".to_vec()), b"other".to_vec());
 }
 
+/// Every truncation of a compressed snapshot is an error, and so is every single-bit flip
+/// but those that decode to the same tree (a flipped bit in an LZ4 block may point a match at
+/// other bytes equal to the right ones, which the checksums, of the decompressed bytes,
+/// accept). `r` is left as it was.
+fn refuses_damage(packed: &[u8], r: &mut Store) {
+    for len in 0..packed.len() {
+        assert!(r.recovery(&packed[..len]).is_err(), "truncated to {len}");
+    }
+    let listing = |s: &Store| {
+        let all = s.get("/", true, true, now()).unwrap();
+        (s.index(), serde_json::to_string(&all).unwrap())
+    };
+    let mut original = Store::new(&[]);
+    original.recovery(packed).unwrap();
+    let original = listing(&original);
+    let before = dump(r);
+    for bit in 0..packed.len() * 8 {
+        let mut flipped = packed.to_vec();
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        if r.recovery(&flipped).is_ok() {
+            assert_eq!(listing(r), original, "bit {bit} flipped");
+            *r = sample();
+        }
+    }
+    assert_eq!(dump(r), before);
+}
+
 #[test]
 fn damaged_format_3_snapshots_are_errors_not_panics() {
     let packed = compress_snapshot(registry(50).save());
     assert!(packed.starts_with(b"oxcd-v2store snapshot 3\n"));
     let mut r = sample();
     let before = dump(&r);
-    for len in 0..packed.len() {
-        assert!(r.recovery(&packed[..len]).is_err(), "truncated to {len}");
-    }
-    // A flipped bit in the LZ4 block may point a match at other bytes equal to the right
-    // ones: the same tree, which format 2's checksum (inside) accepts. Anything else is an
-    // error.
-    let listing = |s: &Store| {
-        let all = s.get("/", true, true, now()).unwrap();
-        (s.index(), serde_json::to_string(&all).unwrap())
-    };
-    let mut original = Store::new(&[]);
-    original.recovery(&packed).unwrap();
-    let original = listing(&original);
-    for bit in 0..packed.len() * 8 {
-        let mut flipped = packed.clone();
-        flipped[bit / 8] ^= 1 << (bit % 8);
-        if r.recovery(&flipped).is_ok() {
-            assert_eq!(listing(&r), original, "bit {bit} flipped");
-            r = sample();
-        }
-    }
+    refuses_damage(&packed, &mut r);
     // A length no LZ4 block of this size could hold is refused before allocating it.
     let mut huge = b"oxcd-v2store snapshot 3\n".to_vec();
     huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
@@ -272,15 +288,7 @@ fn format_4_is_format_2_compressed_in_blocks_and_round_trips() {
     let s = registry(20_000);
     let plain = s.save();
     let packed = s.save_compressed();
-    assert!(packed.starts_with(b"oxcd-v2store snapshot 4\n"));
-    assert!(
-        packed.len() * 3 < plain.len(),
-        "{} of {}",
-        packed.len(),
-        plain.len()
-    );
-    let mut r = Store::new(&["/0", "/1"]);
-    r.recovery(&packed).unwrap();
+    let r = restore_compressed(&packed, &plain, b'4');
     let listing = |s: &Store| serde_json::to_string(&s.get("/", true, true, now()).unwrap());
     assert_eq!(listing(&r).unwrap(), listing(&s).unwrap());
     assert_eq!(r.save().len(), plain.len());
@@ -296,25 +304,7 @@ fn damaged_format_4_snapshots_are_errors_not_panics() {
     let packed = registry(50).save_compressed();
     let mut r = sample();
     let before = dump(&r);
-    for len in 0..packed.len() {
-        assert!(r.recovery(&packed[..len]).is_err(), "truncated to {len}");
-    }
-    let listing = |s: &Store| {
-        let all = s.get("/", true, true, now()).unwrap();
-        (s.index(), serde_json::to_string(&all).unwrap())
-    };
-    let mut original = Store::new(&[]);
-    original.recovery(&packed).unwrap();
-    let original = listing(&original);
-    for bit in 0..packed.len() * 8 {
-        let mut flipped = packed.clone();
-        flipped[bit / 8] ^= 1 << (bit % 8);
-        if r.recovery(&flipped).is_ok() {
-            // Only an LZ4 match moved to equal bytes can decode to the same tree.
-            assert_eq!(listing(&r), original, "bit {bit} flipped");
-            r = sample();
-        }
-    }
+    refuses_damage(&packed, &mut r);
     assert_eq!(dump(&r), before);
     // Bytes after the last block, and a block longer than LZ4 could expand to.
     let mut trailing = packed.clone();
