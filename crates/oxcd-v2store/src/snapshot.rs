@@ -72,7 +72,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::node::{Children, Node};
+use crate::node::{Children, Node, SPAN, TRACKED_LEN};
 
 /// The first line's text, before the version number.
 const MAGIC: &str = "oxcd-v2store snapshot ";
@@ -140,11 +140,6 @@ pub fn encode_compressed(
 /// Format 4's block size: past LZ4's 64 KiB window, so blocks compress as one stream would.
 const BLOCK: usize = 256 * 1024;
 
-/// Keys of a directory are grouped in runs by the span of memory they lie in, when the
-/// directory has at least [`RUN_MIN_KEYS`] keys: a run is one block a later snapshot can copy
-/// as it is if none of its keys changed.
-const RUN_SPAN: usize = crate::node::SPAN;
-const RUN_MIN_KEYS: usize = crate::node::TRACKED_LEN;
 /// A run whose names and values exceed this is encoded as plain records, not kept.
 const RUN_MAX_BYTES: usize = 4 << 20;
 
@@ -171,7 +166,9 @@ struct RunKey {
     span: u64,
 }
 
-/// Keys of one directory that lie in one [`RUN_SPAN`], in address order.
+/// Keys of a directory with at least [`TRACKED_LEN`] children that lie in one [`SPAN`] of
+/// memory, in address order: one block, which a later snapshot can copy as it is if none of
+/// its keys changed.
 struct Run<'a> {
     key: RunKey,
     keys: &'a [&'a Node],
@@ -179,6 +176,26 @@ struct Run<'a> {
     newest: u64,
     /// Their names and values, in bytes.
     text_bytes: usize,
+}
+
+impl<'a> Run<'a> {
+    /// The run of `dir`'s `keys` (all in one span).
+    fn new(dir: &Node, keys: &'a [&'a Node]) -> Run<'a> {
+        Run {
+            key: RunKey {
+                dir: addr(dir) as u64,
+                dir_created: dir.created_index,
+                span: (addr(keys[0]) / SPAN) as u64,
+            },
+            keys,
+            newest: keys
+                .iter()
+                .map(|n| n.created_index.max(n.modified_index))
+                .max()
+                .unwrap_or(0),
+            text_bytes: keys.iter().map(|n| n.text_len()).sum(),
+        }
+    }
 }
 
 /// Where the walk puts the records.
@@ -237,7 +254,7 @@ fn keys_then_subdirectories<'a>(
     let Some(children) = dir.children.as_ref().filter(|c| !c.is_empty()) else {
         return Vec::new().into_iter();
     };
-    let in_runs = children.len() >= RUN_MIN_KEYS;
+    let in_runs = children.len() >= TRACKED_LEN;
     if in_runs {
         if let Some(subdirectories) = sink.keys_from_cache(dir, children) {
             return subdirectories.into_iter();
@@ -247,20 +264,6 @@ fn keys_then_subdirectories<'a>(
     let mut subdirectories = Vec::new();
     // The current run's keys are compacted to nodes[start..end].
     let (mut start, mut end) = (0, 0);
-    let (mut newest, mut text_bytes) = (0, 0);
-    let emit = |sink: &mut dyn Sink, keys: &[&Node], newest: u64, text_bytes: usize| {
-        let key = RunKey {
-            dir: addr(dir) as u64,
-            dir_created: dir.created_index,
-            span: (addr(keys[0]) / RUN_SPAN) as u64,
-        };
-        sink.run(Run {
-            key,
-            keys,
-            newest,
-            text_bytes,
-        });
-    };
     for i in 0..nodes.len() {
         let node = nodes[i];
         if node.is_dir() {
@@ -271,17 +274,15 @@ fn keys_then_subdirectories<'a>(
             sink.record(node);
             continue;
         }
-        if end > start && addr(nodes[start]) / RUN_SPAN != addr(node) / RUN_SPAN {
-            emit(sink, &nodes[start..end], newest, text_bytes);
-            (start, newest, text_bytes) = (end, 0, 0);
+        if end > start && addr(nodes[start]) / SPAN != addr(node) / SPAN {
+            sink.run(Run::new(dir, &nodes[start..end]));
+            start = end;
         }
-        newest = newest.max(node.created_index).max(node.modified_index);
-        text_bytes += node.text_len();
         nodes[end] = node;
         end += 1;
     }
     if end > start {
-        emit(sink, &nodes[start..end], newest, text_bytes);
+        sink.run(Run::new(dir, &nodes[start..end]));
     }
     subdirectories.into_iter()
 }
@@ -318,9 +319,7 @@ impl Blocks<'_> {
         write_block(&mut self.out, &mut self.scratch, &self.pending);
         self.pending.clear();
     }
-}
 
-impl Blocks<'_> {
     /// Where the next byte goes in the assembled snapshot.
     fn position(&self) -> u64 {
         self.out.len() as u64 + self.spliced_len
@@ -371,7 +370,7 @@ impl Sink for Blocks<'_> {
         if cached.is_empty() {
             return None;
         }
-        let span_of = |n: &Node| addr(n) / RUN_SPAN;
+        let span_of = |n: &Node| addr(n) / SPAN;
         // The changed spans as a bitmap over their range (a hash lookup per child would
         // cost more than the rest of this).
         let changed_spans: Vec<usize> = touched
@@ -397,12 +396,12 @@ impl Sink for Blocks<'_> {
             .into_iter()
             .filter(|r| !changed(r.key.span as usize))
             .collect();
-        // Every child must be in a clean run or a changed span: a subdirectory in an
-        // unchanged span (which no run holds) means walking the directory.
-        // Subdirectories in unchanged spans are where they were: read to check.
+        // Subdirectories in unchanged spans are where they were (read to check). Every child
+        // must then be in a clean run, a changed span or among those subdirectories; if the
+        // count says otherwise, the directory is walked.
         let mut subdirectories = Vec::new();
         for (&at, name) in &touched.dirs {
-            if changed(at / RUN_SPAN) {
+            if changed(at / SPAN) {
                 continue;
             }
             let dir = children.get(name).filter(|n| addr(n) == at && n.is_dir())?;
@@ -424,8 +423,8 @@ impl Sink for Blocks<'_> {
         let mut clean = clean.into_iter().peekable();
         let mut rest: &[&Node] = &fresh;
         loop {
-            let next_fresh = rest.first().map(|n| span_of(n));
-            match (clean.peek(), next_fresh) {
+            let fresh_span = rest.first().map(|n| span_of(n));
+            match (clean.peek(), fresh_span) {
                 (Some(r), f) if f.is_none_or(|f| (r.key.span as usize) < f) => {
                     self.splice(r);
                     clean.next();
@@ -434,26 +433,10 @@ impl Sink for Blocks<'_> {
                     let len = rest.iter().take_while(|n| span_of(n) == span).count();
                     let (run, tail) = rest.split_at(len);
                     rest = tail;
-                    let newest = run
-                        .iter()
-                        .map(|n| n.created_index.max(n.modified_index))
-                        .max()
-                        .unwrap_or(0);
-                    let text_bytes = run.iter().map(|n| n.text_len()).sum();
-                    self.run(Run {
-                        key: RunKey {
-                            span: span as u64,
-                            ..first
-                        },
-                        keys: run,
-                        newest,
-                        text_bytes,
-                    });
+                    self.run(Run::new(dir, run));
                 }
-                (None, None) => break,
-                (Some(_), None) => {
-                    unreachable!("the first arm takes a clean run when nothing fresh is left")
-                }
+                // (The first arm takes every clean run once nothing fresh is left.)
+                (_, None) => break,
             }
         }
         Some(subdirectories)
@@ -515,7 +498,7 @@ pub struct Saved {
     /// The epoch of the cache it reuses blocks of (0: none).
     base: u64,
     /// The bytes written; complete when nothing is spliced.
-    pub data: Vec<u8>,
+    pub(crate) data: Vec<u8>,
     spliced: Vec<Splice>,
     runs: Vec<RunRecord>,
     /// Keys whose block was copied from the previous snapshot rather than encoded.

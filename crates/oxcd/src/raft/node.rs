@@ -245,6 +245,13 @@ enum SnapshotDone {
     Failed,
 }
 
+/// Runs a snapshot job; its error is logged (the snapshot is skipped).
+fn encoded(index: u64, job: SnapshotJob) -> Option<Vec<u8>> {
+    job()
+        .map_err(|e| tracing::error!(index, error = %e, "snap: cannot encode the snapshot"))
+        .ok()
+}
+
 impl SnapshotTask {
     /// `queued_ms`: how long the task waited for the apply thread (entries before it).
     fn run(self, queued_ms: u64, job: SnapshotJob) {
@@ -256,13 +263,12 @@ impl SnapshotTask {
         } = self;
         let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
         let Some(writer) = writer else {
-            match job() {
-                Ok(data) => {
+            match encoded(index, job) {
+                Some(data) => {
                     snap.data = data.into();
                     let _ = done.send(SnapshotDone::Taken(snap));
                 }
-                Err(e) => {
-                    tracing::error!(index, error = %e, "snap: cannot encode the snapshot");
+                None => {
                     let _ = done.send(SnapshotDone::Failed);
                 }
             }
@@ -273,13 +279,9 @@ impl SnapshotTask {
         let spawned = std::thread::Builder::new()
             .name("snapshot".into())
             .spawn(move || {
-                let data = match job() {
-                    Ok(data) => data,
-                    Err(e) => {
-                        tracing::error!(index, error = %e, "snap: cannot encode the snapshot");
-                        let _ = done.send(SnapshotDone::Failed);
-                        return;
-                    }
+                let Some(data) = encoded(index, job) else {
+                    let _ = done.send(SnapshotDone::Failed);
+                    return;
                 };
                 let size = data.len();
                 let encoded_ms = started.elapsed().as_millis() as u64;
